@@ -1,0 +1,1 @@
+"""DICOM: index and series access, NIfTI conversion, derived objects, sending."""

@@ -1,0 +1,268 @@
+"""The storage interface every provider implements.
+
+A :class:`Store` persists sessions, jobs, session data, session files, peers and the
+DICOM index (patients → studies → series → instances). Callers above ``store/`` only
+talk to this interface; providers are chosen by name through
+:mod:`dcm_processor_service.store.registry`.
+
+Ownership of session data and files: a value belongs to a job of a session. Writes
+name the owner with a full :class:`JobRef`. Reads select the owner either by
+``job_id`` (the current job) or, when ``job_id`` is ``None``, by ``job_name`` (and
+``event`` when given) — that is how one job reads what another job of the same session
+and event stored.
+
+Files are streamed: ``put_file`` reads its source in chunks, hashes while writing, and
+makes the new version visible atomically only once it is complete; ``open_file`` returns
+a reader that verifies size and sha256 when it reaches the end and raises
+:class:`~dcm_processor_service.IntegrityError` on a mismatch.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar
+
+from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord
+
+__all__ = ["CHUNK_SIZE", "JobRef", "Store"]
+
+#: Streaming chunk size for files (1 MiB keeps memory bounded and syscalls few).
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Names the owner (on write) or selects it (on read) of session data and files."""
+
+    session_id: str
+    job_id: str | None = None
+    job_name: str | None = None
+    event: str | None = None
+
+
+class Store(abc.ABC):
+    """Abstract store. Implementations must be safe for concurrent use by many
+    processes (and by threads, each using its own connection)."""
+
+    #: provider name this class is registered under
+    provider: ClassVar[str] = ""
+
+    # ---------------------------------------------------------------- lifecycle
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema; return the schema version. Safe to call from
+        several processes at once. Providers call it on first use."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and handles. The store is unusable afterwards."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the store lives, for messages (never includes a password)."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- sessions
+    @abc.abstractmethod
+    def ensure_session(
+        self,
+        session_id: str | None = None,
+        *,
+        peer_id: str | None = None,
+        patient_uid: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> SessionRecord:
+        """Return the session ``session_id``, creating it (with a new id when ``None``)."""
+
+    @abc.abstractmethod
+    def get_session(self, session_id: str) -> SessionRecord:
+        """The session, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    def list_sessions(self) -> list[SessionRecord]:
+        """All sessions, oldest first."""
+
+    @abc.abstractmethod
+    def update_session(
+        self, session_id: str, *, status: str | None = None, meta: dict[str, Any] | None = None
+    ) -> SessionRecord:
+        """Change a session's status and/or merge ``meta`` into its meta."""
+
+    @abc.abstractmethod
+    def delete_session(self, session_id: str) -> bool:
+        """Delete the session record and its jobs; ``False`` if it did not exist.
+        (Callers remove data, files and images first; see the post-services hook.)"""
+
+    # --------------------------------------------------------------------- jobs
+    @abc.abstractmethod
+    def create_job(
+        self,
+        session_id: str,
+        name: str,
+        event: str,
+        *,
+        job_id: str | None = None,
+        service_name: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> JobRecord:
+        """Create a job (status ``pending``) or return the existing one with ``job_id``."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord:
+        """The job, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    def find_job(self, session_id: str, name: str, event: str | None = None) -> JobRecord | None:
+        """The newest job of the session with that name (and event when given)."""
+
+    @abc.abstractmethod
+    def list_jobs(self, session_id: str) -> list[JobRecord]:
+        """The session's jobs in creation order."""
+
+    @abc.abstractmethod
+    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        """Set any of ``status``, ``progress`` (merged), ``error``, ``started_at``,
+        ``finished_at``, ``params``."""
+
+    # ------------------------------------------------------------- session data
+    @abc.abstractmethod
+    def set_data(self, owner: JobRef, name: str, value_json: str) -> None:
+        """Store JSON text under (session, job, name), replacing any previous value."""
+
+    @abc.abstractmethod
+    def get_data(self, ref: JobRef, name: str) -> str | None:
+        """The stored JSON text, or ``None`` when absent."""
+
+    @abc.abstractmethod
+    def remove_data(self, ref: JobRef, name: str) -> bool:
+        """Remove a value; ``False`` if there was none."""
+
+    @abc.abstractmethod
+    def list_data(self, session_id: str) -> list[dict[str, Any]]:
+        """``{"job_id", "job_name", "event", "name", "value_json"}`` for each value."""
+
+    @abc.abstractmethod
+    def delete_session_data(self, session_id: str) -> int:
+        """Remove every value of the session; return how many."""
+
+    # ------------------------------------------------------------ session files
+    @abc.abstractmethod
+    def put_file(
+        self,
+        owner: JobRef,
+        name: str,
+        source: BinaryIO,
+        *,
+        content_type: str,
+        meta: dict[str, Any] | None = None,
+    ) -> FileRecord:
+        """Stream ``source`` into a new file version; replace the previous version of
+        (session, job, name) atomically once complete."""
+
+    @abc.abstractmethod
+    def get_file(self, ref: JobRef, name: str) -> FileRecord | None:
+        """The file's record, or ``None`` when absent."""
+
+    @abc.abstractmethod
+    def open_file(self, record: FileRecord) -> BinaryIO:
+        """A reader of the file's bytes that verifies size and sha256 at the end."""
+
+    @abc.abstractmethod
+    def remove_file(self, ref: JobRef, name: str) -> bool:
+        """Remove a file; ``False`` if there was none."""
+
+    @abc.abstractmethod
+    def list_files(self, session_id: str) -> list[FileRecord]:
+        """The session's files."""
+
+    @abc.abstractmethod
+    def delete_session_files(self, session_id: str) -> int:
+        """Remove every file of the session; return how many."""
+
+    # -------------------------------------------------------------------- peers
+    @abc.abstractmethod
+    def put_peer(self, peer: Peer) -> Peer:
+        """Add or update (by name) a peer; returns it with its id."""
+
+    @abc.abstractmethod
+    def get_peer(self, name_or_id: str) -> Peer:
+        """The peer with that name or id, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    def list_peers(self) -> list[Peer]:
+        """All peers sorted by name."""
+
+    @abc.abstractmethod
+    def remove_peer(self, name_or_id: str) -> bool:
+        """Remove a peer; ``False`` if there was none."""
+
+    # ------------------------------------------------------------- DICOM index
+    @abc.abstractmethod
+    def put_instance(self, instance: InstanceInput, source: BinaryIO) -> dict[str, Any]:
+        """Store the instance's bytes and file it under patient → study → series in
+        one transaction. The same SOPInstanceUID again replaces (never duplicates).
+        Returns the instance record dict."""
+
+    @abc.abstractmethod
+    def get_instance(self, instance_id: str) -> dict[str, Any]:
+        """The instance record by ``_id`` or SOPInstanceUID, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    def list_instances(self, series_id: str) -> list[dict[str, Any]]:
+        """The instance records of a series (by ``_id`` or SeriesInstanceUID)."""
+
+    @abc.abstractmethod
+    def open_instance(self, instance: dict[str, Any]) -> BinaryIO:
+        """A verifying reader of the instance's stored bytes."""
+
+    @abc.abstractmethod
+    def get_series(self, series_id: str) -> dict[str, Any]:
+        """The series record (SPEC §4) by ``_id`` or SeriesInstanceUID."""
+
+    @abc.abstractmethod
+    def get_study(self, study_id: str) -> dict[str, Any]:
+        """The study record by ``_id`` or StudyInstanceUID."""
+
+    @abc.abstractmethod
+    def get_patient(self, patient_id: str) -> dict[str, Any]:
+        """The patient record by ``_id`` or PatientUID."""
+
+    @abc.abstractmethod
+    def list_series(
+        self,
+        *,
+        study_id: str | None = None,
+        patient_id: str | None = None,
+        session_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Series records, filtered by study, patient (``_id`` or PatientUID) and/or
+        the session whose ingest filed them."""
+
+    @abc.abstractmethod
+    def list_studies(
+        self, *, patient_id: str | None = None, session_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Study records, filtered by patient and/or session."""
+
+    @abc.abstractmethod
+    def list_patients(self, *, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Patient records, filtered by session."""
+
+    @abc.abstractmethod
+    def delete_session_instances(self, session_id: str) -> int:
+        """Remove the instances (and bytes) the session's ingest filed, then series,
+        studies and patients left empty; return how many instances."""
+
+    # ---------------------------------------------------------------- helpers
+    def iter_file(self, record: FileRecord) -> Iterator[bytes]:
+        """Yield a file's bytes chunk by chunk, verified at the end."""
+        with self.open_file(record) as reader:
+            while chunk := reader.read(CHUNK_SIZE):
+                yield chunk

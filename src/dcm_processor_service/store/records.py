@@ -1,0 +1,194 @@
+"""Typed records the stores read and write.
+
+The dict shapes that service callbacks receive (SPEC §4 ``headers``) are produced from
+these by ``to_dict()``; their field names are part of the compatibility contract.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .._errors import InvalidInputError
+from .._validation import validate_ae_title, validate_name, validate_port
+
+__all__ = [
+    "FileRecord",
+    "InstanceInput",
+    "JobRecord",
+    "Peer",
+    "SessionRecord",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (what every record's timestamps use)."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM node (usually a PACS).
+
+    ``aet`` is the peer's own AE title (the *called* AE title when we send to it).
+    With ``tls`` on, ``ca_file`` verifies the peer's certificate and host name;
+    ``cert_file``/``key_file`` are our client certificate for mutual TLS.
+    """
+
+    name: str
+    aet: str
+    host: str
+    port: int
+    tls: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    whitelist_aet: tuple[str, ...] = ()
+    whitelist_ip: tuple[str, ...] = ()
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "peer name")
+        object.__setattr__(self, "aet", validate_ae_title(self.aet, "aet"))
+        object.__setattr__(self, "port", validate_port(self.port, "port"))
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise InvalidInputError(f"invalid 'host' value {self.host!r} for peer {self.name!r} - must not be empty")
+        object.__setattr__(self, "whitelist_aet", tuple(self.whitelist_aet or ()))
+        object.__setattr__(self, "whitelist_ip", tuple(self.whitelist_ip or ()))
+        object.__setattr__(self, "tls", bool(self.tls))
+        if self.tls:
+            for attr in ("cert_file", "key_file", "ca_file"):
+                path = getattr(self, attr)
+                if path is not None and not os.path.isfile(path):
+                    raise InvalidInputError(
+                        f"invalid '{attr}' value {path!r} for peer {self.name!r} - file does not exist"
+                    )
+            if (self.cert_file is None) != (self.key_file is None):
+                raise InvalidInputError(
+                    f"peer {self.name!r}: 'cert_file' and 'key_file' must be given together for mutual TLS"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The peer as a plain dict (``_id`` for the record id, lists for allow-lists)."""
+        data = asdict(self)
+        data["_id"] = data.pop("id")
+        data["whitelist_aet"] = list(self.whitelist_aet)
+        data["whitelist_ip"] = list(self.whitelist_ip)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Peer:
+        """Build a peer from a dict as stored (accepts ``_id`` or ``id``)."""
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        if "_id" in data and "id" not in values:
+            values["id"] = str(data["_id"])
+        missing = [k for k in ("name", "aet", "host", "port") if values.get(k) in (None, "")]
+        if missing:
+            raise InvalidInputError(f"peer record is missing required field(s): {', '.join(missing)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session: the unit of work the scheduler opens for a patient."""
+
+    id: str
+    peer_id: str | None = None
+    patient_uid: str | None = None
+    status: str = "open"
+    meta: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job of a session. ``status``: pending, running, succeeded, failed, skipped,
+    timed-out. ``progress`` holds what the job reported (percent, stage, heartbeat)."""
+
+    id: str
+    session_id: str
+    name: str
+    event: str
+    service_name: str | None = None
+    status: str = "pending"
+    params: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """Metadata of one stored session file (SPEC §2.4 ``get_session_file``)."""
+
+    id: str
+    session_id: str
+    job_id: str
+    job_name: str | None
+    event: str | None
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    meta: dict[str, Any]
+    blob_key: str
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """The compatible metadata dict: ``_id``, ``filename``, ``length``, ``contentType``,
+        ``sha256``, ``metadata``, ``uploadDate`` plus snake_case aliases."""
+        return {
+            "_id": self.id,
+            "id": self.id,
+            "name": self.name,
+            "filename": self.name,
+            "size": self.size,
+            "length": self.size,
+            "content_type": self.content_type,
+            "contentType": self.content_type,
+            "sha256": self.sha256,
+            "checksum": f"sha256:{self.sha256}",
+            "meta": dict(self.meta),
+            "metadata": dict(self.meta),
+            "session_id": self.session_id,
+            "job_id": self.job_id,
+            "job_name": self.job_name,
+            "event": self.event,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "uploadDate": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class InstanceInput:
+    """Everything the DICOM index needs to file one instance (built by the ingest code
+    from a dataset; the store only persists it).
+
+    ``patient_meta``/``study_meta``/``series_meta`` are keyword -> JSON value dicts.
+    ``instance_meta`` holds per-instance values used for sorting and selection
+    (InstanceNumber, ImagePositionPatient, ImageOrientationPatient, SliceThickness...).
+    """
+
+    patient_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    patient_meta: dict[str, Any]
+    study_meta: dict[str, Any]
+    series_meta: dict[str, Any]
+    instance_meta: dict[str, Any]
+    modality: str | None = None
+    peer_id: str | None = None
+    session_id: str | None = None

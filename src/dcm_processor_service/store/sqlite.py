@@ -1,0 +1,161 @@
+"""The ``sqlite`` provider: the embedded default store.
+
+One SQLite database in WAL mode plus a blob directory beside it (``<db>.blobs``).
+Zero set-up, one machine, many processes: each process (and thread) has its own
+connection; writers take the database lock up front (``BEGIN IMMEDIATE``) so lock
+upgrades never deadlock, a busy timeout waits for the lock, and a locked database is
+retried by the shared store logic — callers never see "database is locked".
+
+URL forms: ``sqlite:///abs/path/store.db``, ``sqlite://relative/store.db``, a plain file
+path, or a directory (the database is then ``<dir>/<name>.sqlite3``, ``name`` defaulting
+to ``dcm-processor``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._errors import InvalidInputError, StorageError, StoreUnavailableError
+from ._sql import SQLStore, Tx
+from .blobs import DirectoryBlobStore
+
+__all__ = ["SQLiteStore", "sqlite_path"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_NAME = "dcm-processor"
+
+
+def sqlite_path(url: str, name: str | None = None) -> Path:
+    """The database file a ``sqlite`` URL (and database name) designates."""
+    if not url:
+        raise InvalidInputError("sqlite store URL is empty - give a file path or sqlite:///path")
+    raw = url
+    if raw.startswith("sqlite:///"):
+        raw = "/" + raw[len("sqlite:///"):]
+    elif raw.startswith("sqlite://"):
+        raw = raw[len("sqlite://"):]
+    elif raw.startswith("sqlite:"):
+        raw = raw[len("sqlite:"):]
+    if raw in ("", ":memory:"):
+        raise InvalidInputError(
+            f"sqlite store URL {url!r} - an in-memory database cannot be shared between the "
+            "job processes; give a file path"
+        )
+    path = Path(raw).expanduser()
+    if path.is_dir() or raw.endswith(("/", os.sep)):
+        path = path / f"{name or DEFAULT_DB_NAME}.sqlite3"
+    return path
+
+
+class _SQLiteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, tuple(params)).rowcount
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._conn.execute(sql, tuple(params))
+        cols = [c[0] for c in cur.description or ()]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+class SQLiteStore(SQLStore):
+    """Embedded store: SQLite (WAL) + a blob directory beside the database."""
+
+    provider = "sqlite"
+
+    def __init__(self, url: str, name: str | None = None, *, fsync: bool = True) -> None:
+        self.path = sqlite_path(url, name)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create the folder of sqlite store {self.path}: {exc.strerror or exc}"
+            ) from exc
+        self.blobs = DirectoryBlobStore(self.path.with_name(self.path.name + ".blobs"), fsync=fsync)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self.migrate()
+
+    def describe(self) -> str:
+        return f"sqlite store {self.path}"
+
+    # ------------------------------------------------------------ connections
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError(f"{self.describe()} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))  # type: ignore[union-attr]
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open {self.describe()}: {exc}") from exc
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    @staticmethod
+    def _retry_locked(action: Any, attempts: int = 200) -> None:
+        import time
+
+        for attempt in range(attempts):
+            try:
+                action()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.01)
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield _SQLiteTx(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        text = str(exc).lower()
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+    def _translate(self, exc: BaseException) -> StorageError:
+        if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+            return StoreUnavailableError(f"cannot open {self.describe()}: {exc}")
+        return StorageError(f"{self.describe()}: {type(exc).__name__}: {exc}")
+
+    # -------------------------------------------------------------- lifecycle
+    def migrate(self) -> int:
+        version = self._run(self._apply_schema)
+        self.blobs.sweep_partial()
+        return version
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._closed = True

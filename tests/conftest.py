@@ -1,0 +1,44 @@
+"""Shared fixtures: a clean runtime context per test, and stores of every provider."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from dcm_processor_service import close_stores
+from dcm_processor_service.store import Store
+from support.stores import PROVIDERS, make_store
+
+
+@pytest.fixture(autouse=True)
+def _clean_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No DCM-PROCESSOR-SERVICE-* variable (either spelling) leaks into a test."""
+    for key in list(os.environ):
+        if key.replace("_", "-").startswith("DCM-PROCESSOR-SERVICE-"):
+            monkeypatch.delenv(key)
+    yield
+    close_stores()
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request: pytest.FixtureRequest) -> str:
+    """Each storage provider name in turn (the contract suite runs on all)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(provider: str, tmp_path, request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(provider, url, name) of a fresh, empty store of ``provider``."""
+    return make_store(provider, tmp_path, request)
+
+
+@pytest.fixture
+def store(store_url: tuple[str, str, str]) -> Iterator[Store]:
+    """A fresh store of each provider."""
+    from dcm_processor_service.store import open_store
+
+    s = open_store(*store_url)
+    yield s
+    s.close()
