@@ -48,7 +48,16 @@ from .session import (
     set_session_data,
     upload_session_file,
 )
-from .store import FileRecord, JobRecord, JobRef, Peer, SessionRecord, Store, known_providers, open_store
+from .store import (
+    FileRecord,
+    JobRecord,
+    JobRef,
+    Peer,
+    SessionRecord,
+    Store,
+    known_providers,
+    open_store,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -140,7 +140,9 @@ def context_environ(ctx: RuntimeContext, base: Mapping[str, str] | None = None) 
 
 
 @contextlib.contextmanager
-def use_context(ctx: RuntimeContext | None = None, **values: str | None) -> Iterator[RuntimeContext]:
+def use_context(
+    ctx: RuntimeContext | None = None, **values: str | None
+) -> Iterator[RuntimeContext]:
     """Run the ``with`` block under ``ctx`` (plus ``values`` overrides).
 
     The context variables of ``os.environ`` (both spellings) are replaced for the

@@ -28,7 +28,9 @@ def validate_name(value: object, what: str = "name") -> str:
     ``..`` component, no NUL or other control character.
     """
     if not isinstance(value, str):
-        raise InvalidInputError(f"invalid {what} {value!r} - must be a str, got {type(value).__name__}")
+        raise InvalidInputError(
+            f"invalid {what} {value!r} - must be a str, got {type(value).__name__}"
+        )
     if not value or not value.strip():
         raise InvalidInputError(f"invalid {what} {value!r} - must not be empty")
     if len(value) > MAX_NAME_LENGTH:
@@ -41,7 +43,9 @@ def validate_name(value: object, what: str = "name") -> str:
     if value in (".", "..") or value.startswith(".."):
         raise InvalidInputError(f"invalid {what} {value!r} - must not be or start with '..'")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise InvalidInputError(f"invalid {what} {value!r} - must not contain NUL or control characters")
+        raise InvalidInputError(
+            f"invalid {what} {value!r} - must not contain NUL or control characters"
+        )
     return value
 
 
@@ -52,7 +56,9 @@ def validate_ae_title(value: object, what: str = "ae_title") -> str:
         raise InvalidInputError(f"invalid '{what}' value {value!r} - must be a str")
     stripped = value.strip()
     if not stripped:
-        raise InvalidInputError(f"invalid '{what}' value {value!r} - must not be empty or only spaces")
+        raise InvalidInputError(
+            f"invalid '{what}' value {value!r} - must not be empty or only spaces"
+        )
     if len(value) > 16 and len(stripped) > 16:
         raise InvalidInputError(
             f"invalid '{what}' value {value!r} - must not exceed 16 characters (got {len(stripped)})"

@@ -56,6 +56,9 @@ def run_post_services(*args: Any, store: Store | None = None, **kwargs: Any) -> 
     }
     logger.info(
         "post-services: session %s cleaned up (%d values, %d files, %d instances)",
-        session_id, report["data"], report["files"], report["instances"],
+        session_id,
+        report["data"],
+        report["files"],
+        report["instances"],
     )
     return report

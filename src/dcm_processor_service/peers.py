@@ -51,11 +51,26 @@ def add_peer(
 ) -> Peer:
     """Add a peer, or update the peer of that name. Validated: AE title, port, TLS files."""
     peer = Peer(
-        name=name, aet=aet, host=host, port=port, tls=tls, cert_file=cert_file, key_file=key_file,
-        ca_file=ca_file, whitelist_aet=tuple(whitelist_aet), whitelist_ip=tuple(whitelist_ip),
+        name=name,
+        aet=aet,
+        host=host,
+        port=port,
+        tls=tls,
+        cert_file=cert_file,
+        key_file=key_file,
+        ca_file=ca_file,
+        whitelist_aet=tuple(whitelist_aet),
+        whitelist_ip=tuple(whitelist_ip),
     )
     saved = _store(store).put_peer(peer)
-    logger.info("peer %s saved (%s@%s:%d%s)", saved.name, saved.aet, saved.host, saved.port, ", TLS" if saved.tls else "")
+    logger.info(
+        "peer %s saved (%s@%s:%d%s)",
+        saved.name,
+        saved.aet,
+        saved.host,
+        saved.port,
+        ", TLS" if saved.tls else "",
+    )
     return saved
 
 
@@ -83,12 +98,12 @@ def get_dicom_sender(
     (``DCM-PROCESSOR-SERVICE-PEER-ID`` unset); an unknown peer name raises
     :class:`NotFoundError`.
     """
-    from .dicom.send import DicomSender
-
     if peer_name is None and current_context().peer_id is None:
         logger.warning("no peer name given and the session has no peer: no sender")
         return None
     peer = get_peer(peer_name, store=store)
+    from .dicom.send import DicomSender  # imported late: pynetdicom is only needed here
+
     return DicomSender.for_peer(
         peer, additional_sops=additional_sops, additional_syntaxes=additional_syntaxes, **options
     )

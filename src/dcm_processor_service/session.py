@@ -118,7 +118,8 @@ class JobSession:
     def list_data(self) -> list[dict[str, Any]]:
         """Every value of the session: job_name, event, name, value."""
         return [
-            {k: row[k] for k in ("job_id", "job_name", "event", "name")} | {"value": json.loads(row["value_json"])}
+            {k: row[k] for k in ("job_id", "job_name", "event", "name")}
+            | {"value": json.loads(row["value_json"])}
             for row in self.store.list_data(self.ctx.require("session_id"))
         ]
 
@@ -135,14 +136,20 @@ class JobSession:
         checksummed, replacing the previous version atomically. Returns the file id."""
         validate_name(name, "session file name")
         if meta is not None and not isinstance(meta, dict):
-            raise InvalidInputError(f"meta of session file {name!r} must be a dict, got {type(meta).__name__}")
+            raise InvalidInputError(
+                f"meta of session file {name!r} must be a dict, got {type(meta).__name__}"
+            )
         meta_clean = json.loads(_to_json(meta or {}, f"meta of session file {name!r}"))
         if ext:
             meta_clean.setdefault("ext", ext if ext.startswith(".") else f".{ext}")
         with _open_source(file, name) as (source, source_name):
             ctype = content_type or _guess_type(name, ext, source_name)
-            record = self.store.put_file(self.owner, name, source, content_type=ctype, meta=meta_clean)
-        logger.debug("stored session file %r (%d bytes, sha256 %s)", name, record.size, record.sha256)
+            record = self.store.put_file(
+                self.owner, name, source, content_type=ctype, meta=meta_clean
+            )
+        logger.debug(
+            "stored session file %r (%d bytes, sha256 %s)", name, record.size, record.sha256
+        )
         return record.id
 
     def file_record(self, name: str, job_name: str | None = None) -> FileRecord | None:
@@ -168,7 +175,9 @@ class JobSession:
                     raise
         return None  # pragma: no cover
 
-    def _read(self, record: FileRecord, filename: str | os.PathLike[str] | None) -> str | io.BytesIO:
+    def _read(
+        self, record: FileRecord, filename: str | os.PathLike[str] | None
+    ) -> str | io.BytesIO:
         if filename is None:
             buffer = io.BytesIO()
             with self.store.open_file(record) as reader:
@@ -178,7 +187,9 @@ class JobSession:
             return buffer
         target = Path(filename)
         if target.is_dir():
-            raise InvalidInputError(f"download target {str(target)!r} is a directory - give a file name")
+            raise InvalidInputError(
+                f"download target {str(target)!r} is a directory - give a file name"
+            )
         part = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
             with self.store.open_file(record) as reader, open(part, "wb") as out:
@@ -191,7 +202,9 @@ class JobSession:
             raise
         return str(filename)
 
-    def file_info(self, name: str, select: Iterable[str] | None = None, job_name: str | None = None) -> dict[str, Any] | None:
+    def file_info(
+        self, name: str, select: Iterable[str] | None = None, job_name: str | None = None
+    ) -> dict[str, Any] | None:
         """Metadata of file ``name`` (id, name, size, content type, sha256, meta,
         timestamps), restricted to ``select`` fields when given; ``None`` when absent."""
         record = self.file_record(name, job_name)
@@ -202,7 +215,9 @@ class JobSession:
             wanted = [select] if isinstance(select, str) else list(select)
             unknown = [k for k in wanted if k not in info]
             if unknown:
-                raise InvalidInputError(f"unknown session file field(s) {unknown}; known: {sorted(info)}")
+                raise InvalidInputError(
+                    f"unknown session file field(s) {unknown}; known: {sorted(info)}"
+                )
             info = {k: info[k] for k in wanted}
         return info
 
@@ -221,7 +236,11 @@ class JobSession:
 
 
 def _guess_type(name: str, ext: str | None, source_name: str | None) -> str:
-    for candidate in (f"x{ext if ext.startswith('.') else '.' + ext}" if ext else None, name, source_name):
+    for candidate in (
+        f"x{ext if ext.startswith('.') else '.' + ext}" if ext else None,
+        name,
+        source_name,
+    ):
         if candidate:
             if candidate.endswith((".nii.gz", ".nii")):
                 return "application/x-nifti" if candidate.endswith(".nii") else "application/gzip"
@@ -240,13 +259,20 @@ def _open_source(file: FileSource, name: str) -> Any:
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
-            raise InvalidInputError(f"cannot upload session file {name!r}: {str(path)!r} does not exist") from None
+            raise InvalidInputError(
+                f"cannot upload session file {name!r}: {str(path)!r} does not exist"
+            ) from None
         except IsADirectoryError:
-            raise InvalidInputError(f"cannot upload session file {name!r}: {str(path)!r} is a directory") from None
+            raise InvalidInputError(
+                f"cannot upload session file {name!r}: {str(path)!r} is a directory"
+            ) from None
         with handle:
             yield handle, path.name
     elif hasattr(file, "read"):
-        yield file, getattr(file, "name", None) if isinstance(getattr(file, "name", None), str) else None
+        yield (
+            file,
+            getattr(file, "name", None) if isinstance(getattr(file, "name", None), str) else None,
+        )
     else:
         raise InvalidInputError(
             f"cannot upload session file {name!r}: expected a path, bytes or a binary file object, "
@@ -310,4 +336,3 @@ def has_session_file(name: str, job_name: str | None = None) -> bool:
 def remove_session_file(name: str) -> bool:
     """Remove the current job's session file ``name``; ``False`` if there was none."""
     return JobSession.current().remove_file(name)
-

@@ -14,7 +14,9 @@ import pytest
 PROVIDERS: list[str] = ["sqlite"]
 
 
-def make_store(provider: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, str, str]:
+def make_store(
+    provider: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, str, str]:
     """(provider, url, name) of a fresh empty store."""
     if provider == "sqlite":
         return ("sqlite", str(tmp_path / "store"), "test")

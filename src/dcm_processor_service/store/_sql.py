@@ -233,13 +233,17 @@ class SQLStore(Store):
         return self._run(work)
 
     def get_session(self, session_id: str) -> SessionRecord:
-        row = self._run(lambda tx: tx.one("SELECT * FROM sessions WHERE id = ?", (session_id,)), write=False)
+        row = self._run(
+            lambda tx: tx.one("SELECT * FROM sessions WHERE id = ?", (session_id,)), write=False
+        )
         if row is None:
             raise NotFoundError(f"session {session_id!r} not found in {self.describe()}")
         return self._session(row)
 
     def list_sessions(self) -> list[SessionRecord]:
-        rows = self._run(lambda tx: tx.query("SELECT * FROM sessions ORDER BY created_at, id"), write=False)
+        rows = self._run(
+            lambda tx: tx.query("SELECT * FROM sessions ORDER BY created_at, id"), write=False
+        )
         return [self._session(r) for r in rows]
 
     def update_session(
@@ -309,7 +313,9 @@ class SQLStore(Store):
         return self._run(work)
 
     def get_job(self, job_id: str) -> JobRecord:
-        row = self._run(lambda tx: tx.one("SELECT * FROM jobs WHERE id = ?", (job_id,)), write=False)
+        row = self._run(
+            lambda tx: tx.one("SELECT * FROM jobs WHERE id = ?", (job_id,)), write=False
+        )
         if row is None:
             raise NotFoundError(f"job {job_id!r} not found in {self.describe()}")
         return self._job(row)
@@ -320,12 +326,16 @@ class SQLStore(Store):
         if event is not None:
             sql += " AND event = ?"
             params.append(event)
-        row = self._run(lambda tx: tx.one(sql + " ORDER BY created_at DESC LIMIT 1", params), write=False)
+        row = self._run(
+            lambda tx: tx.one(sql + " ORDER BY created_at DESC LIMIT 1", params), write=False
+        )
         return self._job(row) if row else None
 
     def list_jobs(self, session_id: str) -> list[JobRecord]:
         rows = self._run(
-            lambda tx: tx.query("SELECT * FROM jobs WHERE session_id = ? ORDER BY created_at, id", (session_id,)),
+            lambda tx: tx.query(
+                "SELECT * FROM jobs WHERE session_id = ? ORDER BY created_at, id", (session_id,)
+            ),
             write=False,
         )
         return [self._job(r) for r in rows]
@@ -333,7 +343,9 @@ class SQLStore(Store):
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
         unknown = set(changes) - set(_JOB_FIELDS)
         if unknown:
-            raise StorageError(f"cannot update job field(s) {sorted(unknown)}; allowed: {_JOB_FIELDS}")
+            raise StorageError(
+                f"cannot update job field(s) {sorted(unknown)}; allowed: {_JOB_FIELDS}"
+            )
 
         def work(tx: Tx) -> JobRecord:
             row = tx.one("SELECT * FROM jobs WHERE id = ?" + self.for_update, (job_id,))
@@ -378,7 +390,16 @@ class SQLStore(Store):
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (session_id, job_id, name) DO UPDATE SET value = excluded.value,"
                 " job_name = excluded.job_name, event = excluded.event, updated_at = excluded.updated_at",
-                (owner.session_id, owner.job_id, owner.job_name, owner.event, name, value_json, now, now),
+                (
+                    owner.session_id,
+                    owner.job_id,
+                    owner.job_name,
+                    owner.event,
+                    name,
+                    value_json,
+                    now,
+                    now,
+                ),
             )
         )
 
@@ -397,7 +418,10 @@ class SQLStore(Store):
     def remove_data(self, ref: JobRef, name: str) -> bool:
         clause, params = self._select(ref)
         return self._run(
-            lambda tx: tx.execute(f"DELETE FROM session_data WHERE {clause} AND name = ?", [*params, name]) > 0
+            lambda tx: (
+                tx.execute(f"DELETE FROM session_data WHERE {clause} AND name = ?", [*params, name])
+                > 0
+            )
         )
 
     def list_data(self, session_id: str) -> list[dict[str, Any]]:
@@ -409,10 +433,15 @@ class SQLStore(Store):
             ),
             write=False,
         )
-        return [{**{k: r[k] for k in ("job_id", "job_name", "event", "name")}, "value_json": r["value"]} for r in rows]
+        return [
+            {**{k: r[k] for k in ("job_id", "job_name", "event", "name")}, "value_json": r["value"]}
+            for r in rows
+        ]
 
     def delete_session_data(self, session_id: str) -> int:
-        return self._run(lambda tx: tx.execute("DELETE FROM session_data WHERE session_id = ?", (session_id,)))
+        return self._run(
+            lambda tx: tx.execute("DELETE FROM session_data WHERE session_id = ?", (session_id,))
+        )
 
     # ---------------------------------------------------------- session files
     @staticmethod
@@ -460,8 +489,21 @@ class SQLStore(Store):
                 " sha256 = excluded.sha256, content_type = excluded.content_type,"
                 " meta = excluded.meta, blob_key = excluded.blob_key, job_name = excluded.job_name,"
                 " event = excluded.event, updated_at = excluded.updated_at",
-                (fid, owner.session_id, owner.job_id, owner.job_name, owner.event, name, blob.size,
-                 blob.sha256, content_type, _dumps(meta or {}), blob.key, now, now),
+                (
+                    fid,
+                    owner.session_id,
+                    owner.job_id,
+                    owner.job_name,
+                    owner.event,
+                    name,
+                    blob.size,
+                    blob.sha256,
+                    content_type,
+                    _dumps(meta or {}),
+                    blob.key,
+                    now,
+                    now,
+                ),
             )
             row = tx.one(
                 "SELECT * FROM session_files WHERE session_id = ? AND job_id = ? AND name = ?",
@@ -499,7 +541,9 @@ class SQLStore(Store):
         clause, params = self._select(ref)
 
         def work(tx: Tx) -> list[str]:
-            rows = tx.query(f"SELECT blob_key FROM session_files WHERE {clause} AND name = ?", [*params, name])
+            rows = tx.query(
+                f"SELECT blob_key FROM session_files WHERE {clause} AND name = ?", [*params, name]
+            )
             tx.execute(f"DELETE FROM session_files WHERE {clause} AND name = ?", [*params, name])
             return [r["blob_key"] for r in rows]
 
@@ -511,7 +555,8 @@ class SQLStore(Store):
     def list_files(self, session_id: str) -> list[FileRecord]:
         rows = self._run(
             lambda tx: tx.query(
-                "SELECT * FROM session_files WHERE session_id = ? ORDER BY job_name, name", (session_id,)
+                "SELECT * FROM session_files WHERE session_id = ? ORDER BY job_name, name",
+                (session_id,),
             ),
             write=False,
         )
@@ -519,7 +564,9 @@ class SQLStore(Store):
 
     def delete_session_files(self, session_id: str) -> int:
         def work(tx: Tx) -> list[str]:
-            rows = tx.query("SELECT blob_key FROM session_files WHERE session_id = ?", (session_id,))
+            rows = tx.query(
+                "SELECT blob_key FROM session_files WHERE session_id = ?", (session_id,)
+            )
             tx.execute("DELETE FROM session_files WHERE session_id = ?", (session_id,))
             return [r["blob_key"] for r in rows]
 
@@ -552,12 +599,16 @@ class SQLStore(Store):
 
     def get_peer(self, name_or_id: str) -> Peer:
         row = self._run(
-            lambda tx: tx.one("SELECT * FROM peers WHERE name = ? OR id = ?", (name_or_id, name_or_id)),
+            lambda tx: tx.one(
+                "SELECT * FROM peers WHERE name = ? OR id = ?", (name_or_id, name_or_id)
+            ),
             write=False,
         )
         if row is None:
             known = ", ".join(p.name for p in self.list_peers()) or "none"
-            raise NotFoundError(f"peer {name_or_id!r} not found in {self.describe()} (known peers: {known})")
+            raise NotFoundError(
+                f"peer {name_or_id!r} not found in {self.describe()} (known peers: {known})"
+            )
         return self._peer(row)
 
     def list_peers(self) -> list[Peer]:
@@ -566,7 +617,10 @@ class SQLStore(Store):
 
     def remove_peer(self, name_or_id: str) -> bool:
         return self._run(
-            lambda tx: tx.execute("DELETE FROM peers WHERE name = ? OR id = ?", (name_or_id, name_or_id)) > 0
+            lambda tx: (
+                tx.execute("DELETE FROM peers WHERE name = ? OR id = ?", (name_or_id, name_or_id))
+                > 0
+            )
         )
 
     # ------------------------------------------------------------ DICOM index
@@ -589,25 +643,52 @@ class SQLStore(Store):
 
         def work(tx: Tx) -> tuple[dict[str, Any], str | None]:
             patient_id = upsert(
-                tx, "patients", "patient_uid", inp.patient_uid,
+                tx,
+                "patients",
+                "patient_uid",
+                inp.patient_uid,
                 {"peer_id": inp.peer_id, "meta": _dumps(inp.patient_meta)},
             )
             study_id = upsert(
-                tx, "studies", "study_uid", inp.study_instance_uid,
+                tx,
+                "studies",
+                "study_uid",
+                inp.study_instance_uid,
                 {"patient_id": patient_id, "peer_id": inp.peer_id, "meta": _dumps(inp.study_meta)},
             )
             series_id = upsert(
-                tx, "series", "series_uid", inp.series_instance_uid,
-                {"study_id": study_id, "patient_id": patient_id, "peer_id": inp.peer_id,
-                 "modality": inp.modality, "meta": _dumps(inp.series_meta)},
+                tx,
+                "series",
+                "series_uid",
+                inp.series_instance_uid,
+                {
+                    "study_id": study_id,
+                    "patient_id": patient_id,
+                    "peer_id": inp.peer_id,
+                    "modality": inp.modality,
+                    "meta": _dumps(inp.series_meta),
+                },
             )
-            old = tx.one("SELECT blob_key FROM instances WHERE sop_uid = ?" + self.for_update, (inp.sop_instance_uid,))
+            old = tx.one(
+                "SELECT blob_key FROM instances WHERE sop_uid = ?" + self.for_update,
+                (inp.sop_instance_uid,),
+            )
             upsert(
-                tx, "instances", "sop_uid", inp.sop_instance_uid,
-                {"series_id": series_id, "sop_class_uid": inp.sop_class_uid,
-                 "transfer_syntax_uid": inp.transfer_syntax_uid, "meta": _dumps(inp.instance_meta),
-                 "size": blob.size, "sha256": blob.sha256, "blob_key": blob.key,
-                 "peer_id": inp.peer_id, "session_id": inp.session_id},
+                tx,
+                "instances",
+                "sop_uid",
+                inp.sop_instance_uid,
+                {
+                    "series_id": series_id,
+                    "sop_class_uid": inp.sop_class_uid,
+                    "transfer_syntax_uid": inp.transfer_syntax_uid,
+                    "meta": _dumps(inp.instance_meta),
+                    "size": blob.size,
+                    "sha256": blob.sha256,
+                    "blob_key": blob.key,
+                    "peer_id": inp.peer_id,
+                    "session_id": inp.session_id,
+                },
             )
             row = tx.one("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
             return self._instance(row, inp.series_instance_uid), (old["blob_key"] if old else None)  # type: ignore[arg-type]
@@ -655,7 +736,10 @@ class SQLStore(Store):
 
     def list_instances(self, series_id: str) -> list[dict[str, Any]]:
         def work(tx: Tx) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-            series = tx.one("SELECT id, series_uid FROM series WHERE id = ? OR series_uid = ?", (series_id, series_id))
+            series = tx.one(
+                "SELECT id, series_uid FROM series WHERE id = ? OR series_uid = ?",
+                (series_id, series_id),
+            )
             if series is None:
                 return None, []
             return series, tx.query("SELECT * FROM instances WHERE series_id = ?", (series["id"],))
@@ -682,20 +766,32 @@ class SQLStore(Store):
         )
         out = []
         for r in rows:
-            inst = tx.query("SELECT id, meta, sop_uid FROM instances WHERE series_id = ?", (r["id"],))
-            inst.sort(key=lambda i: _instance_order({"Metadata": json.loads(i["meta"]), "SOPInstanceUID": i["sop_uid"]}))
-            out.append({
-                "_id": r["id"],
-                "PatientUID": r["patient_uid"],
-                "StudyInstanceUID": r["study_uid"],
-                "SeriesInstanceUID": r["series_uid"],
-                "PeerUID": r["peer_id"],
-                "Instances": [i["id"] for i in inst],
-                "Metadata": {**json.loads(r["patient_meta"]), **json.loads(r["study_meta"]), **json.loads(r["meta"])},
-                "StudyUID": r["study_id"],
-                "CreatedAt": r["created_at"],
-                "UpdatedAt": r["updated_at"],
-            })
+            inst = tx.query(
+                "SELECT id, meta, sop_uid FROM instances WHERE series_id = ?", (r["id"],)
+            )
+            inst.sort(
+                key=lambda i: _instance_order(
+                    {"Metadata": json.loads(i["meta"]), "SOPInstanceUID": i["sop_uid"]}
+                )
+            )
+            out.append(
+                {
+                    "_id": r["id"],
+                    "PatientUID": r["patient_uid"],
+                    "StudyInstanceUID": r["study_uid"],
+                    "SeriesInstanceUID": r["series_uid"],
+                    "PeerUID": r["peer_id"],
+                    "Instances": [i["id"] for i in inst],
+                    "Metadata": {
+                        **json.loads(r["patient_meta"]),
+                        **json.loads(r["study_meta"]),
+                        **json.loads(r["meta"]),
+                    },
+                    "StudyUID": r["study_id"],
+                    "CreatedAt": r["created_at"],
+                    "UpdatedAt": r["updated_at"],
+                }
+            )
         return out
 
     def _study_records(self, tx: Tx, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
@@ -706,44 +802,63 @@ class SQLStore(Store):
         )
         out = []
         for r in rows:
-            series = tx.query("SELECT id, modality FROM series WHERE study_id = ? ORDER BY created_at, id", (r["id"],))
-            out.append({
-                "_id": r["id"],
-                "PatientUID": r["patient_uid"],
-                "StudyInstanceUID": r["study_uid"],
-                "PeerUID": r["peer_id"],
-                "Series": [s["id"] for s in series],
-                "Metadata": {
-                    **json.loads(r["patient_meta"]),
-                    **json.loads(r["meta"]),
-                    "ModalitiesInStudy": sorted({s["modality"] for s in series if s["modality"]}),
-                },
-                "CreatedAt": r["created_at"],
-                "UpdatedAt": r["updated_at"],
-            })
+            series = tx.query(
+                "SELECT id, modality FROM series WHERE study_id = ? ORDER BY created_at, id",
+                (r["id"],),
+            )
+            out.append(
+                {
+                    "_id": r["id"],
+                    "PatientUID": r["patient_uid"],
+                    "StudyInstanceUID": r["study_uid"],
+                    "PeerUID": r["peer_id"],
+                    "Series": [s["id"] for s in series],
+                    "Metadata": {
+                        **json.loads(r["patient_meta"]),
+                        **json.loads(r["meta"]),
+                        "ModalitiesInStudy": sorted(
+                            {s["modality"] for s in series if s["modality"]}
+                        ),
+                    },
+                    "CreatedAt": r["created_at"],
+                    "UpdatedAt": r["updated_at"],
+                }
+            )
         return out
 
     def _patient_records(self, tx: Tx, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        rows = tx.query(f"SELECT * FROM patients p WHERE {where} ORDER BY p.created_at, p.id", params)
+        rows = tx.query(
+            f"SELECT * FROM patients p WHERE {where} ORDER BY p.created_at, p.id", params
+        )
         out = []
         for r in rows:
-            studies = tx.query("SELECT id FROM studies WHERE patient_id = ? ORDER BY created_at, id", (r["id"],))
-            modalities = tx.query("SELECT DISTINCT modality FROM series WHERE patient_id = ?", (r["id"],))
-            out.append({
-                "_id": r["id"],
-                "PatientUID": r["patient_uid"],
-                "PeerUID": r["peer_id"],
-                "Studies": [s["id"] for s in studies],
-                "Metadata": {
-                    **json.loads(r["meta"]),
-                    "ModalitiesInPatient": sorted({m["modality"] for m in modalities if m["modality"]}),
-                },
-                "CreatedAt": r["created_at"],
-                "UpdatedAt": r["updated_at"],
-            })
+            studies = tx.query(
+                "SELECT id FROM studies WHERE patient_id = ? ORDER BY created_at, id", (r["id"],)
+            )
+            modalities = tx.query(
+                "SELECT DISTINCT modality FROM series WHERE patient_id = ?", (r["id"],)
+            )
+            out.append(
+                {
+                    "_id": r["id"],
+                    "PatientUID": r["patient_uid"],
+                    "PeerUID": r["peer_id"],
+                    "Studies": [s["id"] for s in studies],
+                    "Metadata": {
+                        **json.loads(r["meta"]),
+                        "ModalitiesInPatient": sorted(
+                            {m["modality"] for m in modalities if m["modality"]}
+                        ),
+                    },
+                    "CreatedAt": r["created_at"],
+                    "UpdatedAt": r["updated_at"],
+                }
+            )
         return out
 
-    def _get_one(self, kind: str, fetch: Callable[[Tx], list[dict[str, Any]]], key: str) -> dict[str, Any]:
+    def _get_one(
+        self, kind: str, fetch: Callable[[Tx], list[dict[str, Any]]], key: str
+    ) -> dict[str, Any]:
         rows = self._run(fetch, write=False)
         if not rows:
             raise NotFoundError(f"{kind} {key!r} not found in {self.describe()}")
@@ -751,22 +866,37 @@ class SQLStore(Store):
 
     def get_series(self, series_id: str) -> dict[str, Any]:
         return self._get_one(
-            "series", lambda tx: self._series_records(tx, "se.id = ? OR se.series_uid = ?", (series_id, series_id)), series_id
+            "series",
+            lambda tx: self._series_records(
+                tx, "se.id = ? OR se.series_uid = ?", (series_id, series_id)
+            ),
+            series_id,
         )
 
     def get_study(self, study_id: str) -> dict[str, Any]:
         return self._get_one(
-            "study", lambda tx: self._study_records(tx, "st.id = ? OR st.study_uid = ?", (study_id, study_id)), study_id
+            "study",
+            lambda tx: self._study_records(
+                tx, "st.id = ? OR st.study_uid = ?", (study_id, study_id)
+            ),
+            study_id,
         )
 
     def get_patient(self, patient_id: str) -> dict[str, Any]:
         return self._get_one(
-            "patient", lambda tx: self._patient_records(tx, "p.id = ? OR p.patient_uid = ?", (patient_id, patient_id)),
+            "patient",
+            lambda tx: self._patient_records(
+                tx, "p.id = ? OR p.patient_uid = ?", (patient_id, patient_id)
+            ),
             patient_id,
         )
 
     def list_series(
-        self, *, study_id: str | None = None, patient_id: str | None = None, session_id: str | None = None
+        self,
+        *,
+        study_id: str | None = None,
+        patient_id: str | None = None,
+        session_id: str | None = None,
     ) -> list[dict[str, Any]]:
         clauses, params = ["1 = 1"], []
         if study_id is not None:
@@ -778,9 +908,13 @@ class SQLStore(Store):
         if session_id is not None:
             clauses.append("se.id IN (SELECT series_id FROM instances WHERE session_id = ?)")
             params.append(session_id)
-        return self._run(lambda tx: self._series_records(tx, " AND ".join(clauses), params), write=False)
+        return self._run(
+            lambda tx: self._series_records(tx, " AND ".join(clauses), params), write=False
+        )
 
-    def list_studies(self, *, patient_id: str | None = None, session_id: str | None = None) -> list[dict[str, Any]]:
+    def list_studies(
+        self, *, patient_id: str | None = None, session_id: str | None = None
+    ) -> list[dict[str, Any]]:
         clauses, params = ["1 = 1"], []
         if patient_id is not None:
             clauses.append("(p.id = ? OR p.patient_uid = ?)")
@@ -791,7 +925,9 @@ class SQLStore(Store):
                 " WHERE i.session_id = ?)"
             )
             params.append(session_id)
-        return self._run(lambda tx: self._study_records(tx, " AND ".join(clauses), params), write=False)
+        return self._run(
+            lambda tx: self._study_records(tx, " AND ".join(clauses), params), write=False
+        )
 
     def list_patients(self, *, session_id: str | None = None) -> list[dict[str, Any]]:
         clauses, params = ["1 = 1"], []
@@ -801,15 +937,21 @@ class SQLStore(Store):
                 " WHERE i.session_id = ?)"
             )
             params.append(session_id)
-        return self._run(lambda tx: self._patient_records(tx, " AND ".join(clauses), params), write=False)
+        return self._run(
+            lambda tx: self._patient_records(tx, " AND ".join(clauses), params), write=False
+        )
 
     def delete_session_instances(self, session_id: str) -> int:
         def work(tx: Tx) -> list[str]:
             rows = tx.query("SELECT blob_key FROM instances WHERE session_id = ?", (session_id,))
             tx.execute("DELETE FROM instances WHERE session_id = ?", (session_id,))
-            tx.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM instances)")
+            tx.execute(
+                "DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM instances)"
+            )
             tx.execute("DELETE FROM studies WHERE id NOT IN (SELECT DISTINCT study_id FROM series)")
-            tx.execute("DELETE FROM patients WHERE id NOT IN (SELECT DISTINCT patient_id FROM studies)")
+            tx.execute(
+                "DELETE FROM patients WHERE id NOT IN (SELECT DISTINCT patient_id FROM studies)"
+            )
             return [r["blob_key"] for r in rows]
 
         keys = self._run(work)
@@ -827,4 +969,3 @@ def _instance_order(record: dict[str, Any]) -> tuple[Any, ...]:
     except (TypeError, ValueError):
         num = 1 << 62
     return (num, record.get("SOPInstanceUID", ""))
-

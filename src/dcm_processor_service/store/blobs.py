@@ -170,8 +170,10 @@ class DirectoryBlobStore(BlobStore):
         try:
             raw = open(self.path(info.key), "rb")  # noqa: SIM115 - closed by the reader
         except FileNotFoundError:
-            raise NotFoundError(f"{what}: stored bytes are missing ({self.path(info.key)})") from None
-        return io.BufferedReader(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)  # type: ignore[return-value]
+            raise NotFoundError(
+                f"{what}: stored bytes are missing ({self.path(info.key)})"
+            ) from None
+        return io.BufferedReader(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -187,5 +189,7 @@ class DirectoryBlobStore(BlobStore):
                     part.unlink()
                     removed += 1
         if removed:
-            logger.info("removed %d partial blob(s) left by interrupted writers in %s", removed, self._tmp)
+            logger.info(
+                "removed %d partial blob(s) left by interrupted writers in %s", removed, self._tmp
+            )
         return removed

@@ -55,7 +55,9 @@ class Peer:
         object.__setattr__(self, "aet", validate_ae_title(self.aet, "aet"))
         object.__setattr__(self, "port", validate_port(self.port, "port"))
         if not isinstance(self.host, str) or not self.host.strip():
-            raise InvalidInputError(f"invalid 'host' value {self.host!r} for peer {self.name!r} - must not be empty")
+            raise InvalidInputError(
+                f"invalid 'host' value {self.host!r} for peer {self.name!r} - must not be empty"
+            )
         object.__setattr__(self, "whitelist_aet", tuple(self.whitelist_aet or ()))
         object.__setattr__(self, "whitelist_ip", tuple(self.whitelist_ip or ()))
         object.__setattr__(self, "tls", bool(self.tls))
@@ -88,7 +90,9 @@ class Peer:
             values["id"] = str(data["_id"])
         missing = [k for k in ("name", "aet", "host", "port") if values.get(k) in (None, "")]
         if missing:
-            raise InvalidInputError(f"peer record is missing required field(s): {', '.join(missing)}")
+            raise InvalidInputError(
+                f"peer record is missing required field(s): {', '.join(missing)}"
+            )
         return cls(**values)
 
 

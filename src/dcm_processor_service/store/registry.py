@@ -30,7 +30,9 @@ class ProviderSpec:
 
 _PROVIDERS: dict[str, ProviderSpec] = {
     "sqlite": ProviderSpec("dcm_processor_service.store.sqlite", "SQLiteStore"),
-    "postgresql": ProviderSpec("dcm_processor_service.store.postgresql", "PostgreSQLStore", "postgresql"),
+    "postgresql": ProviderSpec(
+        "dcm_processor_service.store.postgresql", "PostgreSQLStore", "postgresql"
+    ),
     "mongodb": ProviderSpec("dcm_processor_service.store.mongodb", "MongoStore", "mongodb"),
 }
 _ALIASES: dict[str, str] = {"mongo": "mongodb", "postgres": "postgresql", "pg": "postgresql"}

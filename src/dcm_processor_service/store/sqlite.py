@@ -39,11 +39,11 @@ def sqlite_path(url: str, name: str | None = None) -> Path:
         raise InvalidInputError("sqlite store URL is empty - give a file path or sqlite:///path")
     raw = url
     if raw.startswith("sqlite:///"):
-        raw = "/" + raw[len("sqlite:///"):]
+        raw = "/" + raw[len("sqlite:///") :]
     elif raw.startswith("sqlite://"):
-        raw = raw[len("sqlite://"):]
+        raw = raw[len("sqlite://") :]
     elif raw.startswith("sqlite:"):
-        raw = raw[len("sqlite:"):]
+        raw = raw[len("sqlite:") :]
     if raw in ("", ":memory:"):
         raise InvalidInputError(
             f"sqlite store URL {url!r} - an in-memory database cannot be shared between the "
@@ -65,13 +65,14 @@ class _SQLiteTx(Tx):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self._conn.execute(sql, tuple(params))
         cols = [c[0] for c in cur.description or ()]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 class SQLiteStore(SQLStore):
     """Embedded store: SQLite (WAL) + a blob directory beside the database."""
 
     provider = "sqlite"
+    blobs: DirectoryBlobStore
 
     def __init__(self, url: str, name: str | None = None, *, fsync: bool = True) -> None:
         self.path = sqlite_path(url, name)
@@ -99,11 +100,13 @@ class SQLiteStore(SQLStore):
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
         try:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA busy_timeout = 60000")
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
-                self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))  # type: ignore[union-attr]
+                self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open {self.describe()}: {exc}") from exc
@@ -121,7 +124,7 @@ class SQLiteStore(SQLStore):
                 action()
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == attempts - 1:
                     raise
                 time.sleep(0.01)
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what dcm-processor-service needs on a fresh Debian/Ubuntu machine:
+#   system packages (with --system): dcmtk, Orthanc, PostgreSQL, openssl — the real peers and
+#   database the tests run against; then a virtual environment in .venv with the package.
+# Usage: bash scripts/bootstrap.sh [--system] [EXTRAS]     (EXTRAS default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_system=0
+if [ "${1:-}" = "--system" ]; then want_system=1; shift; fi
+extras="${1:-all}"
+
+if [ "$want_system" = 1 ]; then
+  missing=()
+  [ -x /usr/bin/storescp ] || missing+=(dcmtk)
+  [ -x /usr/sbin/Orthanc ] || missing+=(orthanc orthanc-dicomweb)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v runuser >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    echo "installing system packages: ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[${extras}]"

@@ -1,0 +1,133 @@
+"""Many processes on one session, and a writer killed mid-upload (every provider)."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import dcm_processor_service as dps
+from dcm_processor_service import RuntimeContext, use_context
+
+WRITERS = 8
+WRITES = 500
+
+
+def _writer(ctx: RuntimeContext, worker: int, errors: mp.Queue) -> None:  # runs in a child
+    try:
+        with use_context(ctx.replace(job_id=f"job-{worker}", job_name=f"writer-{worker}")):
+            for i in range(WRITES):
+                dps.set_session_data(f"value-{i}", {"worker": worker, "i": i})
+    except BaseException as exc:  # report everything the caller would have seen
+        errors.put(f"worker {worker}: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _ctx(store_url: tuple[str, str, str]) -> RuntimeContext:
+    provider, url, name = store_url
+    return RuntimeContext(
+        db_provider=provider,
+        db_url=url,
+        db_name=name,
+        session_id="busy-session",
+        job_event="stable-series",
+        job_id="reader",
+        job_name="reader",
+    )
+
+
+@pytest.mark.slow
+def test_parallel_writers_lose_nothing(store_url: tuple[str, str, str]) -> None:
+    ctx = _ctx(store_url)
+    with use_context(ctx):
+        dps.set_session_data("warm-up", 1)  # schema created before the race starts
+    mp_ctx = mp.get_context("spawn")
+    errors: mp.Queue = mp_ctx.Queue()
+    procs = [mp_ctx.Process(target=_writer, args=(ctx, w, errors)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    reported = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert reported == []
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    with use_context(ctx):
+        rows = dps.JobSession.current().list_data()
+        values = {(r["job_name"], r["name"]): r["value"] for r in rows if r["name"] != "warm-up"}
+        assert len(values) == WRITERS * WRITES
+        for w in range(WRITERS):
+            for i in range(WRITES):
+                assert values[(f"writer-{w}", f"value-{i}")] == {"worker": w, "i": i}
+
+
+UPLOADER = textwrap.dedent(
+    """
+    import sys, time
+    import dcm_processor_service as dps
+
+    class Slow:
+        '''A 200 MB source that announces when half of it has been read.'''
+        def __init__(self, total):
+            self.left = total
+            self.announced = False
+        def read(self, n=-1):
+            n = min(n if n > 0 else 1 << 20, self.left)
+            self.left -= n
+            if self.left < 100 * 1024 * 1024 and not self.announced:
+                self.announced = True
+                print("HALF", flush=True)
+                time.sleep(30)  # killed here
+            return b"z" * n
+
+    dps.upload_session_file(Slow(200 * 1024 * 1024), "big.bin")
+    print("DONE", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_killed_upload_leaves_previous_version_intact(
+    store_url: tuple[str, str, str], tmp_path: Path
+) -> None:
+    ctx = _ctx(store_url)
+    previous = os.urandom(1024 * 1024)
+    with use_context(ctx):
+        dps.upload_session_file(previous, "big.bin", meta={"version": 1})
+    script = tmp_path / "uploader.py"
+    script.write_text(UPLOADER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=dps.context_environ(ctx),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "HALF", f"uploader did not reach the middle of the upload: {line!r}"
+        # the reader's view in the middle of the upload: still the old version
+        with use_context(ctx):
+            assert dps.get_session_file("big.bin")["size"] == len(previous)  # type: ignore[index]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with use_context(ctx):
+        info = dps.get_session_file("big.bin")
+        assert info is not None and info["size"] == len(previous) and info["meta"] == {"version": 1}
+        data = dps.download_session_file("big.bin")
+        assert data is not None
+        assert hashlib.sha256(data.read()).hexdigest() == hashlib.sha256(previous).hexdigest()
+        # and a new upload after the crash works
+        dps.upload_session_file(b"after", "big.bin")
+        assert dps.download_session_file("big.bin").read() == b"after"  # type: ignore[union-attr]
