@@ -15,6 +15,7 @@ import pytest
 
 import dcm_processor_service as dps
 from dcm_processor_service import RuntimeContext, use_context
+from support.stores import requires_shared_server
 
 WRITERS = 8
 WRITES = 500
@@ -45,6 +46,7 @@ def _ctx(store_url: tuple[str, str, str]) -> RuntimeContext:
 
 @pytest.mark.slow
 def test_parallel_writers_lose_nothing(store_url: tuple[str, str, str]) -> None:
+    requires_shared_server(store_url[0])
     ctx = _ctx(store_url)
     with use_context(ctx):
         dps.set_session_data("warm-up", 1)  # schema created before the race starts
@@ -96,6 +98,7 @@ UPLOADER = textwrap.dedent(
 def test_killed_upload_leaves_previous_version_intact(
     store_url: tuple[str, str, str], tmp_path: Path
 ) -> None:
+    requires_shared_server(store_url[0])
     ctx = _ctx(store_url)
     previous = os.urandom(1024 * 1024)
     with use_context(ctx):

@@ -1,7 +1,11 @@
 """Which storage providers the contract suite runs on, and how to make an empty one.
 
 Each provider gets a brand-new empty store per test: SQLite a file in ``tmp_path``;
-PostgreSQL a new database on the server the test session started.
+PostgreSQL a new database on the server the test session started (the session-scoped
+``postgres_server`` fixture, started only when a PostgreSQL test runs), dropped after
+the test. MongoDB runs on mongomock, an in-process fake (no MongoDB server can be
+installed on the test machines, see TESTING.md), through the provider's ``mongomock://``
+URL test hook: a fresh database per test, dropped after it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,22 @@ from pathlib import Path
 import pytest
 
 #: Providers of the contract suite (``pytest -k sqlite`` selects one).
-PROVIDERS: list[str] = ["sqlite"]
+PROVIDERS: list[str] = ["sqlite", "postgresql", "mongodb"]
+
+#: Providers whose test store lives inside the test process, so processes the test
+#: spawns cannot see it (mongomock keeps its data in memory).
+IN_PROCESS_ONLY: dict[str, str] = {
+    "mongodb": "the mongodb provider is tested on mongomock, an in-process fake (no MongoDB "
+    "server can run here), which child processes cannot share",
+}
+
+
+def requires_shared_server(provider: str) -> None:
+    """Skip the calling test when ``provider``'s test store cannot be shared by several
+    processes (call it first in tests that spawn processes on one store)."""
+    reason = IN_PROCESS_ONLY.get(provider)
+    if reason:
+        pytest.skip(f"needs a store shared between processes: {reason}")
 
 
 def make_store(
@@ -20,4 +39,20 @@ def make_store(
     """(provider, url, name) of a fresh empty store."""
     if provider == "sqlite":
         return ("sqlite", str(tmp_path / "store"), "test")
+    if provider == "postgresql":
+        from .postgres import sanitize_db_name
+
+        server = request.getfixturevalue("postgres_server")
+        name = server.create_database(sanitize_db_name(request.node.name))
+        request.addfinalizer(lambda: server.drop_database(name))
+        return ("postgresql", server.url(name), name)
+    if provider == "mongodb":
+        pytest.importorskip("mongomock", reason="the mongodb tests run on mongomock")
+        import uuid
+
+        from dcm_processor_service.store.mongodb import drop_mongomock_database
+
+        url, name = "mongomock://contract", f"test-{uuid.uuid4().hex}"
+        request.addfinalizer(lambda: drop_mongomock_database(url, name))
+        return ("mongodb", url, name)
     raise AssertionError(f"no test store recipe for provider {provider!r}")

@@ -138,6 +138,7 @@ class DirectoryBlobStore(BlobStore):
         self.root = Path(root)
         self.fsync = fsync
         self._tmp = self.root / "tmp"
+        self._made: set[str] = set()  # fan-out folders known to exist
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -158,7 +159,9 @@ class DirectoryBlobStore(BlobStore):
                 if self.fsync:
                     os.fsync(out.fileno())
             final = self.path(key)
-            final.parent.mkdir(exist_ok=True)
+            if key[:2] not in self._made:
+                final.parent.mkdir(exist_ok=True)
+                self._made.add(key[:2])
             os.replace(part, final)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -1,0 +1,344 @@
+"""Series access: the session's DICOM as datasets or files, and the index records.
+
+:func:`get_series_dicom` is the platform's compatible call (SPEC §2.6)::
+
+    from dcm_processor_service import get_series_dicom
+
+    datasets = get_series_dicom(headers["_id"])              # pydicom datasets
+    paths = get_series_dicom(headers["_id"], "/tmp/series")  # files written there
+
+Both come in **anatomical order** (:func:`~dcm_processor_service.dicom.geometry.order_slices`:
+by position along the slice normal, then InstanceNumber; series whose slices are not
+parallel, and instances without geometry, by InstanceNumber). Files are named so that
+sorting their names gives the same order (``0001_<SOPInstanceUID>.dcm``), and hold the
+stored bytes unchanged (no decode/re-encode), verified against their sha256.
+
+The other functions are thin typed wrappers over the store's index (SPEC §4 records):
+:func:`get_series`, :func:`list_series`, :func:`session_series`, :func:`get_study`,
+:func:`list_studies`, :func:`get_patient`, :func:`list_patients`, :func:`get_instance`,
+:func:`list_instances`, :func:`get_instance_dicom`. Each accepts a record ``_id`` or the
+DICOM UID (SeriesInstanceUID, StudyInstanceUID, PatientUID, SOPInstanceUID), and uses the
+job's store from the runtime context unless ``store=`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict, overload
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from .._context import current_context
+from .._errors import InvalidInputError, NotFoundError
+from .._runtime import store_for
+from ..store.base import CHUNK_SIZE, Store
+from .geometry import order_slices
+
+__all__ = [
+    "InstanceRecord",
+    "PatientRecord",
+    "SeriesRecord",
+    "StudyRecord",
+    "get_instance",
+    "get_instance_dicom",
+    "get_patient",
+    "get_series",
+    "get_series_dicom",
+    "get_study",
+    "list_instances",
+    "list_patients",
+    "list_series",
+    "list_studies",
+    "read_header",
+    "session_series",
+    "sort_instances",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------- record types
+class SeriesRecord(TypedDict):
+    """A series record (SPEC §4) — what a ``stable-series`` job gets as ``headers``."""
+
+    _id: str
+    PatientUID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    PeerUID: str | None
+    Instances: list[str]
+    Metadata: dict[str, Any]
+    CreatedAt: Any
+    UpdatedAt: Any
+
+
+class StudyRecord(TypedDict):
+    """A study record (SPEC §4); ``Metadata`` includes ``ModalitiesInStudy``."""
+
+    _id: str
+    PatientUID: str
+    StudyInstanceUID: str
+    PeerUID: str | None
+    Series: list[str]
+    Metadata: dict[str, Any]
+    CreatedAt: Any
+    UpdatedAt: Any
+
+
+class PatientRecord(TypedDict):
+    """A patient record (SPEC §4); ``Metadata`` includes ``ModalitiesInPatient``."""
+
+    _id: str
+    PatientUID: str
+    PeerUID: str | None
+    Studies: list[str]
+    Metadata: dict[str, Any]
+    CreatedAt: Any
+    UpdatedAt: Any
+
+
+class InstanceRecord(TypedDict):
+    """An instance record; ``Metadata`` holds the per-instance tags
+    (:data:`~dcm_processor_service.dicom.index.INSTANCE_KEYWORDS`)."""
+
+    _id: str
+    SOPInstanceUID: str
+    SOPClassUID: str
+    SeriesInstanceUID: str
+    SeriesUID: str
+    TransferSyntaxUID: str
+    Metadata: dict[str, Any]
+    Size: int
+    SHA256: str
+    PeerUID: str | None
+    SessionUID: str | None
+    CreatedAt: Any
+    UpdatedAt: Any
+
+
+def _store(store: Store | None) -> Store:
+    return store if store is not None else store_for()
+
+
+def _check_key(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(
+            f"invalid {what} {value!r} - must be a non-empty str (record _id or UID)"
+        )
+    return value
+
+
+# ----------------------------------------------------------------- instances
+def sort_instances(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Instance records in anatomical order (see
+    :func:`~dcm_processor_service.dicom.geometry.order_slices`), ties broken by
+    SOPInstanceUID."""
+    order = order_slices(
+        [r.get("Metadata") or {} for r in records],
+        tie_break=[r.get("SOPInstanceUID", "") for r in records],
+    )
+    return [records[i] for i in order]
+
+
+def list_instances(series_id: str, *, store: Store | None = None) -> list[InstanceRecord]:
+    """The instance records of a series (``_id`` or SeriesInstanceUID) in anatomical
+    order; :class:`NotFoundError` for an unknown series."""
+    _check_key(series_id, "series id")
+    return sort_instances(_store(store).list_instances(series_id))  # type: ignore[return-value]
+
+
+def get_instance(instance_id: str, *, store: Store | None = None) -> InstanceRecord:
+    """An instance record by ``_id`` or SOPInstanceUID."""
+    _check_key(instance_id, "instance id")
+    return _store(store).get_instance(instance_id)  # type: ignore[return-value]
+
+
+def _read_instance(store: Store, record: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The stored bytes of an instance, verified; re-reads the record once when the
+    instance was replaced between listing and reading."""
+    for attempt in range(2):
+        try:
+            with store.open_instance(record) as reader:
+                return record, reader.read()
+        except NotFoundError:
+            if attempt:
+                raise
+            record = store.get_instance(record["SOPInstanceUID"])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_header(store: Store, record: dict[str, Any], *, first_read: int = 64 * 1024) -> Dataset:
+    """The header of a stored instance (everything before its pixel data), reading only
+    as many bytes as that needs (the store's reader does not seek, so the bytes are read
+    in growing blocks until pydicom stops before the pixel data or the file ends).
+
+    The bytes read are not checksum-verified (that happens at the end of a file); use
+    :func:`get_instance_dicom` for a verified, complete dataset.
+    """
+    with store.open_instance(record) as reader:
+        data = bytearray()
+        want = first_read
+        while True:
+            chunk = reader.read(want - len(data))
+            data += chunk
+            at_end = not chunk or len(data) < want
+            buffer = io.BytesIO(bytes(data))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    header = dcmread(buffer, stop_before_pixels=True)
+                if at_end or buffer.tell() < len(data):
+                    return header  # stopped before the pixel data, or read it all
+            except Exception:
+                if at_end:
+                    raise
+            want *= 4
+
+
+def get_instance_dicom(instance_id: str, *, store: Store | None = None) -> Dataset:
+    """One instance (``_id`` or SOPInstanceUID) as a pydicom dataset."""
+    s = _store(store)
+    _, data = _read_instance(s, dict(get_instance(instance_id, store=s)))
+    return dcmread(io.BytesIO(data))
+
+
+# -------------------------------------------------------------------- series
+_UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
+
+
+def _write_instance(store: Store, record: dict[str, Any], target: Path) -> None:
+    """Stream an instance's stored bytes to ``target`` atomically (``.part`` + rename)."""
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    for attempt in range(2):
+        try:
+            with store.open_instance(record) as reader, open(part, "wb") as out:
+                while chunk := reader.read(CHUNK_SIZE):
+                    out.write(chunk)
+            os.replace(part, target)
+            return
+        except NotFoundError:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            if attempt:
+                raise
+            record = store.get_instance(record["SOPInstanceUID"])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+
+
+@overload
+def get_series_dicom(
+    series_id: str, dir_path: None = None, *, store: Store | None = None
+) -> list[Dataset]: ...
+
+
+@overload
+def get_series_dicom(
+    series_id: str, dir_path: str | os.PathLike[str], *, store: Store | None = None
+) -> list[str]: ...
+
+
+def get_series_dicom(
+    series_id: str,
+    dir_path: str | os.PathLike[str] | None = None,
+    *,
+    store: Store | None = None,
+) -> list[Dataset] | list[str]:
+    """The instances of a series, in anatomical order.
+
+    ``series_id``: the series record ``_id`` (what ``headers["_id"]`` holds) or its
+    SeriesInstanceUID. Without ``dir_path``: a list of pydicom datasets (pixel data
+    included). With ``dir_path``: the files are written there (the folder is created if
+    needed; files of the same names are replaced) as ``NNNN_<SOPInstanceUID>.dcm``, byte
+    for byte as stored, and their paths are returned in order.
+
+    Raises :class:`NotFoundError` naming the series when it is not in the store, and
+    :class:`IntegrityError` when stored bytes do not match their checksum.
+    """
+    s = _store(store)
+    records = list_instances(series_id, store=s)
+    if dir_path is None:
+        datasets: list[Dataset] = []
+        for record in records:
+            _, data = _read_instance(s, dict(record))
+            datasets.append(dcmread(io.BytesIO(data)))
+        return datasets
+    target = Path(dir_path)
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"invalid 'dir_path' {str(target)!r} - it is a file, not a folder")
+    target.mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(len(records))))
+    paths = []
+    for number, record in enumerate(records, start=1):
+        path = target / f"{number:0{width}d}_{_UNSAFE.sub('_', record['SOPInstanceUID'])}.dcm"
+        _write_instance(s, dict(record), path)
+        paths.append(str(path))
+    logger.debug("wrote %d instance(s) of series %s to %s", len(paths), series_id, target)
+    return paths
+
+
+def get_series(series_id: str, *, store: Store | None = None) -> SeriesRecord:
+    """The series record by ``_id`` or SeriesInstanceUID; :class:`NotFoundError` naming it."""
+    _check_key(series_id, "series id")
+    return _store(store).get_series(series_id)  # type: ignore[return-value]
+
+
+def list_series(
+    *,
+    study_id: str | None = None,
+    patient_id: str | None = None,
+    session_id: str | None = None,
+    store: Store | None = None,
+) -> list[SeriesRecord]:
+    """Series records, filtered by study (``_id`` or StudyInstanceUID), patient (``_id``
+    or PatientUID) and/or the session whose ingest filed them. No filter: every series."""
+    records = _store(store).list_series(
+        study_id=study_id, patient_id=patient_id, session_id=session_id
+    )
+    return records  # type: ignore[return-value]
+
+
+def session_series(
+    session_id: str | None = None, *, store: Store | None = None
+) -> list[SeriesRecord]:
+    """The series of a session (default: the current job's session from the runtime
+    context, ``DCM-PROCESSOR-SERVICE-SESSION-ID``)."""
+    sid = session_id if session_id is not None else current_context().require("session_id")
+    return list_series(session_id=sid, store=store)
+
+
+# ------------------------------------------------------------ study, patient
+def get_study(study_id: str, *, store: Store | None = None) -> StudyRecord:
+    """The study record by ``_id`` or StudyInstanceUID."""
+    _check_key(study_id, "study id")
+    return _store(store).get_study(study_id)  # type: ignore[return-value]
+
+
+def list_studies(
+    *, patient_id: str | None = None, session_id: str | None = None, store: Store | None = None
+) -> list[StudyRecord]:
+    """Study records, filtered by patient and/or session."""
+    return _store(store).list_studies(patient_id=patient_id, session_id=session_id)  # type: ignore[return-value]
+
+
+def get_patient(patient_id: str, *, store: Store | None = None) -> PatientRecord:
+    """The patient record by ``_id`` or PatientUID."""
+    _check_key(patient_id, "patient id")
+    return _store(store).get_patient(patient_id)  # type: ignore[return-value]
+
+
+def list_patients(
+    *, session_id: str | None = None, store: Store | None = None
+) -> list[PatientRecord]:
+    """Patient records, filtered by session."""
+    return _store(store).list_patients(session_id=session_id)  # type: ignore[return-value]

@@ -1,0 +1,167 @@
+"""A DICOM header as a plain, JSON-serialisable ``{keyword: value}`` dict.
+
+Rules (:func:`get_simplified_json`):
+
+* Only standard elements with a keyword are kept; private tags, group lengths, file
+  meta (group 0002) and binary data (pixel data, overlays, any ``OB``/``OW``/``OF``/
+  ``OD``/``OL``/``OV``/``UN`` value) are left out.
+* Strings (including dates and times, kept in their DICOM form such as ``"20240131"``)
+  stay strings; ``IS``/``SS``/``US``/``SL``/``UL``/``SV``/``UV`` become ``int``;
+  ``DS``/``FL``/``FD`` become ``float`` (non-finite values become ``None``); person
+  names become text (``"Doe^John"``); ``AT`` becomes ``"(gggg,eeee)"``.
+* Multi-valued elements become lists; an empty element becomes ``None``.
+* Sequences become lists of dicts following the same rules (``sequences=False``
+  drops them instead).
+* ``PatientAge`` becomes an ``int`` number of whole years (``"045Y"`` -> ``45``,
+  ``"018M"`` -> ``1``); ``Slices`` is added when ``n_slices`` is given.
+* A value pydicom cannot parse (e.g. a malformed ``DS``) is kept as its raw text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from typing import Any, Final
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+from .._errors import DicomInputError, InvalidInputError
+
+__all__ = ["get_simplified_json", "parse_patient_age"]
+
+logger = logging.getLogger(__name__)
+
+_BINARY_VRS: Final = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
+_INT_VRS: Final = frozenset({"IS", "SS", "US", "SL", "UL", "SV", "UV", "US or SS"})
+_FLOAT_VRS: Final = frozenset({"DS", "FL", "FD"})
+_AGE_RE: Final = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
+_DAYS_PER: Final = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
+
+
+def parse_patient_age(value: Any) -> int | None:
+    """``"045Y"`` -> 45; months, weeks and days are converted to whole years.
+
+    Returns ``None`` for an empty or unparsable age.
+    """
+    if value is None:
+        return None
+    match = _AGE_RE.match(str(value))
+    if not match:
+        return None
+    number, unit = int(match.group(1)), (match.group(2) or "Y").upper()
+    if unit == "Y":
+        return number
+    return int(number * _DAYS_PER[unit] // 365.25)
+
+
+def _scalar(value: Any, vr: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return None
+    if vr in _INT_VRS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return str(value)
+    if vr in _FLOAT_VRS:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return number if math.isfinite(number) else None
+    if vr == "AT":
+        return str(Tag(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+    return str(value)
+
+
+def _raw_text(dataset: Dataset, tag: int) -> str | None:
+    raw = dataset.get_item(tag)
+    value = getattr(raw, "value", None)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1", errors="replace").strip(" \x00") or None
+    return None if value is None else str(value)
+
+
+def _simplify(dataset: Dataset, sequences: bool, depth: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for tag in list(dataset.keys()):
+        if tag.is_private or tag.element == 0 or tag.group == 0x0002:
+            continue
+        try:
+            elem = dataset[tag]
+        except Exception:  # a value pydicom cannot parse: keep its raw text
+            keyword = pydicom.datadict.keyword_for_tag(tag)
+            if keyword:
+                result[keyword] = _raw_text(dataset, tag)
+            continue
+        keyword = elem.keyword
+        if not keyword or elem.VR in _BINARY_VRS or keyword in ("PixelData", "FloatPixelData"):
+            continue
+        if elem.VR == "SQ":
+            if sequences:
+                result[keyword] = [_simplify(item, sequences, depth + 1) for item in elem.value]
+            continue
+        try:
+            value = elem.value
+        except Exception:
+            result[keyword] = _raw_text(dataset, tag)
+            continue
+        if value is None or value == "":
+            result[keyword] = None
+        elif isinstance(value, (MultiValue, list, tuple)):
+            items = [_scalar(v, elem.VR) for v in value]
+            result[keyword] = items if items else None
+        else:
+            result[keyword] = _scalar(value, elem.VR)
+    return result
+
+
+def get_simplified_json(
+    dataset: Dataset | str | os.PathLike[str],
+    n_slices: int | None = None,
+    *,
+    sequences: bool = True,
+) -> dict[str, Any]:
+    """Return the header of ``dataset`` as a JSON-serialisable keyword -> value dict.
+
+    ``dataset`` is a pydicom dataset or the path of a DICOM file (its header is read).
+    See the module documentation for the conversion rules. ``n_slices`` adds a
+    ``Slices`` entry (the number of slices of the converted volume).
+
+    >>> header = get_simplified_json(ds, n_slices=120)
+    >>> header["PatientName"], header["PatientAge"], header["Slices"]
+    ('Doe^John', 45, 120)
+    """
+    if isinstance(dataset, (str, os.PathLike)):
+        try:
+            dataset = pydicom.dcmread(dataset, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as exc:
+            raise DicomInputError(
+                f"{os.fspath(dataset)!r} is not a readable DICOM file: {exc}"
+            ) from exc
+    if not isinstance(dataset, Dataset):
+        raise InvalidInputError(
+            f"invalid 'dataset' value of type {type(dataset).__name__} - must be a pydicom "
+            "Dataset or a path to a DICOM file"
+        )
+    result = _simplify(dataset, sequences, 0)
+    if "PatientAge" in result:
+        result["PatientAge"] = parse_patient_age(result["PatientAge"])
+    if "PatientName" in result and isinstance(result["PatientName"], list):
+        result["PatientName"] = "\\".join(str(v) for v in result["PatientName"])
+    if n_slices is not None:
+        if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 0:
+            raise InvalidInputError(
+                f"invalid 'n_slices' value {n_slices!r} - must be a non-negative int"
+            )
+        result["Slices"] = n_slices
+    return result

@@ -1,0 +1,356 @@
+"""Structured reports with highdicom: a text report and a TID 1500 measurement report.
+
+* :func:`make_text_report` - an Enhanced SR whose content is a "Diagnostic Imaging
+  Report" container with a "Findings" section (one TEXT "Finding" per string) and an
+  optional "Impressions" section; the algorithm, when given, is the device observer.
+* :func:`make_measurement_report` - a Comprehensive 3D SR following TID 1500
+  "Measurement Report": one "Volumetric ROI Measurements" group per segment of a DICOM
+  Segmentation, each referencing its segment, with the segment's volume (computed from
+  the SEG frames and the source geometry, in cm3 = mL) and any extra measurements.
+
+Both reference the source series (and the SEG) as evidence and join the source's
+patient and study; their SeriesNumber is the source's + 3000 unless given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from .._errors import ConversionError, DicomInputError, InvalidInputError
+from ._img_geometry import series_index_affine
+from .derived import (
+    AlgorithmInfo,
+    _check_description,
+    _check_series_number,
+    copy_reference_tags,
+    derived_series_number,
+    new_uid,
+)
+from .seg import sorted_source_images
+
+__all__ = [
+    "MeasurementInfo",
+    "make_measurement_report",
+    "make_text_report",
+    "segment_volumes",
+]
+
+logger = logging.getLogger(__name__)
+
+#: LOINC "Diagnostic imaging report" (the root concept of TID 2000).
+DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@dataclass(frozen=True)
+class MeasurementInfo:
+    """An extra measurement of a segment: coded name, value and UCUM unit.
+
+    Example: ``MeasurementInfo(codes.SCT.Diameter, 12.5, codes.UCUM.Millimeter)``.
+    """
+
+    name: Code
+    value: float
+    unit: Code
+
+
+def _observer_context(hd: Any, algorithm: AlgorithmInfo) -> Any:
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=new_uid(),
+                name=algorithm.name,
+                manufacturer_name=algorithm.manufacturer,
+                model_name=algorithm.name,
+                serial_number=algorithm.device_serial_number,
+            ),
+        )
+    )
+
+
+def _texts(value: str | Sequence[str] | None, what: str) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidInputError(f"invalid '{what}' item {item!r} - must be non-empty text")
+    return items
+
+
+def _import_highdicom() -> Any:
+    try:
+        import highdicom as hd
+    except ImportError as exc:  # pragma: no cover - highdicom is a core dependency
+        from .._errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "structured reports need highdicom - pip install highdicom"
+        ) from exc
+    return hd
+
+
+def _series_number(ref: Dataset, value: int | None) -> int:
+    return derived_series_number(ref, "sr") if value is None else _check_series_number(value)
+
+
+def make_text_report(
+    source_images: Sequence[Dataset | str | os.PathLike[str]],
+    findings: str | Sequence[str],
+    impressions: str | Sequence[str] | None = None,
+    *,
+    title: Code = DIAGNOSTIC_IMAGING_REPORT,
+    series_description: str = "Report",
+    series_number: int | None = None,
+    algorithm: AlgorithmInfo | None = None,
+    is_final: bool = False,
+) -> Dataset:
+    """An Enhanced SR text report about ``source_images`` (which it references).
+
+    ``findings`` / ``impressions`` are a text or a list of texts. ``is_final`` marks the
+    report COMPLETE (else PARTIAL); it is never marked VERIFIED (no human signed it).
+    Returns a :class:`highdicom.sr.EnhancedSR` (a pydicom Dataset).
+    """
+    hd = _import_highdicom()
+    finding_texts = _texts(findings, "findings")
+    if not finding_texts:
+        raise InvalidInputError("invalid 'findings' value - need at least one finding text")
+    impression_texts = _texts(impressions, "impressions")
+    description = _check_description(series_description)
+    sources = sorted_source_images(source_images)
+    alg = algorithm or AlgorithmInfo.default()
+
+    root = hd.sr.ContainerContentItem(name=title)
+    children: list[Any] = []
+    observer = _observer_context(hd, alg)
+    children.extend(observer)
+    findings_section = hd.sr.ContainerContentItem(
+        name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    findings_section.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.DCM.Finding,
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for text in finding_texts
+        ]
+    )
+    children.append(findings_section)
+    if impression_texts:
+        impressions_section = hd.sr.ContainerContentItem(
+            name=codes.DCM.Impressions, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        impressions_section.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.TextContentItem(
+                    name=codes.DCM.Impression,
+                    value=text,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+                for text in impression_texts
+            ]
+        )
+        children.append(impressions_section)
+    root.ContentSequence = hd.sr.ContentSequence(children)
+    try:
+        report = hd.sr.EnhancedSR(
+            evidence=sources,
+            content=root,
+            series_instance_uid=new_uid(),
+            series_number=_series_number(sources[0], series_number),
+            sop_instance_uid=new_uid(),
+            instance_number=1,
+            manufacturer=alg.manufacturer,
+            is_complete=is_final,
+            series_description=description or None,
+            contributing_equipment=[alg.contributing_equipment()],
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConversionError(f"highdicom could not build the text report: {exc}") from exc
+    copy_reference_tags(sources[0], report)
+    return report
+
+
+def _read(item: Any, what: str) -> Dataset:
+    if isinstance(item, Dataset):
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            return pydicom.dcmread(item)
+        except (InvalidDicomError, OSError) as exc:
+            raise DicomInputError(
+                f"'{what}' {os.fspath(item)!r} is not readable DICOM: {exc}"
+            ) from exc
+    raise InvalidInputError(
+        f"invalid '{what}' value of type {type(item).__name__} - must be a pydicom Dataset or path"
+    )
+
+
+def segment_volumes(
+    segmentation: Dataset, source_images: Sequence[Dataset | str | os.PathLike[str]]
+) -> dict[int, float]:
+    """Volume (mL) of each segment of a binary SEG, from its frames and the source grid.
+
+    Every SEG frame is one source slice, so a segment's volume is its pixel count times
+    the source voxel volume (pixel spacing times slice spacing).
+    """
+    seg = _read(segmentation, "segmentation")
+    if str(seg.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
+        raise DicomInputError(
+            f"'segmentation' has SOP class {seg.get('SOPClassUID', '?')} - a Segmentation "
+            f"Storage object ({SEGMENTATION_STORAGE}) is needed"
+        )
+    if seg.get("SegmentationType") != "BINARY":
+        raise InvalidInputError(
+            f"segment volumes need a BINARY segmentation, got {seg.get('SegmentationType')!r}"
+        )
+    sources = sorted_source_images(source_images)
+    if len(sources) > 1:
+        affine = series_index_affine(sources)
+        iop = np.asarray([float(v) for v in sources[0].ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        slice_spacing = abs(float(affine[:3, 2] @ normal))
+    else:
+        slice_spacing = float(
+            sources[0].get("SpacingBetweenSlices") or sources[0].get("SliceThickness") or 1.0
+        )
+    row_spacing, column_spacing = (float(v) for v in sources[0].PixelSpacing)
+    voxel_ml = row_spacing * column_spacing * slice_spacing / 1000.0
+    frames = seg.pixel_array
+    if frames.ndim == 2:
+        frames = frames[np.newaxis]
+    counts: dict[int, int] = {int(item.SegmentNumber): 0 for item in seg.SegmentSequence}
+    shared = (
+        seg.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in seg else None
+    )
+    for index, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        # one-segment SEGs may put the segment identification in the shared groups
+        holder = group if "SegmentIdentificationSequence" in group else shared
+        if holder is None or "SegmentIdentificationSequence" not in holder:
+            raise DicomInputError(f"SEG frame {index + 1} does not name its segment")
+        number = int(holder.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        counts[number] = counts.get(number, 0) + int(np.count_nonzero(frames[index]))
+    return {number: count * voxel_ml for number, count in counts.items()}
+
+
+def _procedure_for(modality: str) -> Code:
+    return {
+        "CT": codes.LN.CTUnspecifiedBodyRegion,
+        "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    }.get(modality, codes.SCT.ImagingProcedure)
+
+
+def make_measurement_report(
+    source_images: Sequence[Dataset | str | os.PathLike[str]],
+    segmentation: Dataset | str | os.PathLike[str],
+    measurements: Mapping[int, Sequence[MeasurementInfo]] | None = None,
+    *,
+    include_volume: bool = True,
+    procedure_reported: Code | None = None,
+    series_description: str = "Measurements",
+    series_number: int | None = None,
+    algorithm: AlgorithmInfo | None = None,
+    is_final: bool = False,
+) -> Dataset:
+    """A TID 1500 measurement report of the segments of ``segmentation``.
+
+    One volumetric ROI group per segment references the segment (and through it the
+    source series); it holds the segment's volume in cm3 (= mL) when ``include_volume``
+    and the extra ``measurements[segment_number]``. ``procedure_reported`` defaults from
+    the source modality (CT/MR unspecified body region, else "Imaging procedure").
+    Returns a :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset).
+    """
+    hd = _import_highdicom()
+    seg = _read(segmentation, "segmentation")
+    sources = sorted_source_images(source_images)
+    description = _check_description(series_description)
+    alg = algorithm or AlgorithmInfo.default()
+    volumes = segment_volumes(seg, sources) if include_volume else {}
+    extra = dict(measurements or {})
+    segment_items = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
+    unknown = sorted(set(extra) - set(segment_items))
+    if unknown:
+        raise InvalidInputError(
+            f"'measurements' name segment numbers {unknown} that the segmentation does not "
+            f"have (it has {sorted(segment_items)})"
+        )
+    algorithm_id = hd.sr.AlgorithmIdentification(name=alg.name, version=alg.version)
+    groups = []
+    for number, item in sorted(segment_items.items()):
+        items: list[Any] = []
+        if include_volume:
+            items.append(
+                hd.sr.Measurement(
+                    name=codes.SCT.Volume,
+                    value=volumes.get(number, 0.0),
+                    unit=codes.UCUM.CubicCentimeter,
+                    algorithm_id=algorithm_id,
+                )
+            )
+        for info in extra.get(number, ()):
+            if not isinstance(info, MeasurementInfo):
+                raise InvalidInputError(
+                    f"invalid measurement {info!r} for segment {number} - must be a MeasurementInfo"
+                )
+            items.append(
+                hd.sr.Measurement(
+                    name=info.name,
+                    value=float(info.value),
+                    unit=info.unit,
+                    algorithm_id=algorithm_id,
+                )
+            )
+        finding = item.SegmentedPropertyTypeCodeSequence[0]
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=str(item.get("TrackingUID") or new_uid()),
+                    identifier=str(item.get("TrackingID") or item.SegmentLabel)[:64],
+                ),
+                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+                finding_type=hd.sr.CodedConcept(
+                    finding.CodeValue, finding.CodingSchemeDesignator, finding.CodeMeaning
+                ),
+                algorithm_id=algorithm_id,
+                measurements=items or None,
+            )
+        )
+    modality = str(sources[0].get("Modality", ""))
+    try:
+        content = hd.sr.MeasurementReport(
+            observation_context=_observer_context(hd, alg),
+            procedure_reported=procedure_reported or _procedure_for(modality),
+            imaging_measurements=groups,
+        )
+        report = hd.sr.Comprehensive3DSR(
+            evidence=[*sources, seg],
+            content=content[0],
+            series_instance_uid=new_uid(),
+            series_number=_series_number(sources[0], series_number),
+            sop_instance_uid=new_uid(),
+            instance_number=1,
+            manufacturer=alg.manufacturer,
+            is_complete=is_final,
+            series_description=description or None,
+            contributing_equipment=[alg.contributing_equipment()],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConversionError(f"highdicom could not build the measurement report: {exc}") from exc
+    copy_reference_tags(sources[0], report)
+    logger.debug("made TID 1500 report %s with %d segments", report.SOPInstanceUID, len(groups))
+    return report
