@@ -108,3 +108,18 @@ def test_hyphenated_variables_reach_a_child_process() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["sess-1", "stable-study"]
+
+
+def test_child_environment_replaces_only_context_variables() -> None:
+    base = {
+        "DCM_PROCESSOR_SERVICE_SESSION_ID": "stale",
+        "DCM-PROCESSOR-SERVICE-JOB-ID": "stale",
+        "DCM_PROCESSOR_SERVICE_CALLING_AET": "MYAET",
+        "PATH": "/bin",
+    }
+    env = dps.context_environ(RuntimeContext(session_id="fresh"), base)
+    assert env == {
+        "DCM-PROCESSOR-SERVICE-SESSION-ID": "fresh",
+        "DCM_PROCESSOR_SERVICE_CALLING_AET": "MYAET",
+        "PATH": "/bin",
+    }

@@ -61,6 +61,68 @@ from .store import (
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+#: Imaging and networking names, imported on first use so that importing the package
+#: (every job process does) does not pay for numpy, nibabel, highdicom and pynetdicom.
+_LAZY: dict[str, str] = {
+    # DICOM index and series access
+    "ingest": "dicom.index",
+    "iter_ingest": "dicom.index",
+    "IngestReport": "dicom.index",
+    "get_series_dicom": "dicom.series",
+    "get_series": "dicom.series",
+    "get_study": "dicom.series",
+    "get_patient": "dicom.series",
+    "get_instance": "dicom.series",
+    "list_series": "dicom.series",
+    "list_studies": "dicom.series",
+    "list_patients": "dicom.series",
+    "list_instances": "dicom.series",
+    "session_series": "dicom.series",
+    "select_series": "dicom.select",
+    "SeriesSelector": "dicom.select",
+    "image_plane": "dicom.geometry",
+    # conversion and derived objects
+    "get_series_nifti": "dicom.series_nifti",
+    "dicom_series_to_nifti": "dicom.nifti",
+    "series_files_to_nifti": "dicom.nifti",
+    "nifti_to_dicom": "dicom.nifti",
+    "get_simplified_json": "dicom.simplified_json",
+    "make_series_dicom": "dicom.derived",
+    "make_pdf_dicom": "dicom.derived",
+    "write_datasets": "dicom.derived",
+    "AlgorithmInfo": "dicom.derived",
+    "make_segmentation": "dicom.seg",
+    "SegmentInfo": "dicom.seg",
+    "make_text_report": "dicom.sr",
+    "make_measurement_report": "dicom.sr",
+    "MeasurementInfo": "dicom.sr",
+    "segment_volumes": "dicom.sr",
+    # sending
+    "DicomSender": "dicom.send",
+    "SendReport": "dicom.send",
+    "InstanceResult": "dicom.send",
+    "EchoResult": "dicom.send",
+    # progress reporting from inside a job
+    "report_progress": "progress",
+    "heartbeat": "progress",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __version__ = "0.1.0"
 
 
@@ -100,7 +162,8 @@ def get_peer_id() -> str:
     return current_context().require("peer_id")
 
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - eager names, then the lazily imported ones
+    *sorted(_LAZY),
     "JOB_EVENTS",
     "AssociationAbortedError",
     "AssociationRejectedError",

@@ -50,6 +50,13 @@ _ENV_TABLE: Final[dict[str, str]] = {
 }
 
 
+#: Every spelling of every context variable (other DCM-PROCESSOR-SERVICE-* settings, such
+#: as the calling AE title, are not part of a job's context and pass through).
+_CONTEXT_VARIABLES: Final = frozenset(
+    name for var in _ENV_TABLE.values() for name in (var, var.replace("-", "_"))
+)
+
+
 def env_variable_name(field: str) -> str:
     """Return the hyphenated environment variable that holds context ``field``."""
     try:
@@ -133,7 +140,7 @@ def context_environ(ctx: RuntimeContext, base: Mapping[str, str] | None = None) 
     env = {
         k: v
         for k, v in (os.environ if base is None else base).items()
-        if not k.replace("_", "-").startswith(ENV_PREFIX)
+        if k not in _CONTEXT_VARIABLES
     }
     env.update(ctx.to_environ())
     return env
@@ -150,13 +157,13 @@ def use_context(
     environment is global.
     """
     effective = (ctx or RuntimeContext()).replace(**values) if values else (ctx or RuntimeContext())
-    saved = {k: v for k, v in os.environ.items() if k.replace("_", "-").startswith(ENV_PREFIX)}
+    saved = {k: v for k, v in os.environ.items() if k in _CONTEXT_VARIABLES}
     try:
         for key in saved:
             del os.environ[key]
         os.environ.update(effective.to_environ())
         yield effective
     finally:
-        for key in [k for k in os.environ if k.replace("_", "-").startswith(ENV_PREFIX)]:
+        for key in [k for k in os.environ if k in _CONTEXT_VARIABLES]:
             del os.environ[key]
         os.environ.update(saved)

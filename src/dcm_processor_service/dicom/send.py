@@ -1,0 +1,863 @@
+"""Sending DICOM to a peer (PACS): C-STORE and C-ECHO.
+
+:class:`DicomSender` keeps the platform's constructor and ``send_dicom_from_*`` methods
+(SPEC §2.8) and adds :meth:`DicomSender.send`, which returns a :class:`SendReport`.
+Every input form is reduced to one list of instances and goes through one core loop:
+
+1. **scan** - read each file's File Meta Information (or the header without pixel data
+   when a ``filter_callback`` must see it) to learn SOP class, instance and transfer
+   syntax; nothing is decoded;
+2. **negotiate** - propose presentation contexts for the (SOP class, transfer syntax)
+   pairs actually present, plus an uncompressed fallback per SOP class; more than 128
+   contexts are split over several associations;
+3. **store** - send each instance as stored when the peer accepted that syntax (file
+   bytes go to the socket unparsed), else convert it (decompress / re-encode / lossless
+   compress) to a syntax the peer accepted, else record a per-instance failure;
+4. **retry** - transient failures (refused, reset, aborted, timeouts) reopen the
+   association with exponential backoff and resume after the last confirmed instance;
+5. **release** - the association is released (or aborted on error) in ``finally``.
+
+Network-level failures that remain after the retries raise (see the error tree in
+:mod:`dcm_processor_service._errors`); the partial :class:`SendReport` is attached to
+the exception as ``exc.report`` and kept in :attr:`DicomSender.last_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.status import code_to_category
+
+from .._errors import InvalidInputError, NetworkError, StoreFailedError
+from .._validation import validate_ae_title, validate_port
+from ..store.records import Peer
+from ._net_contexts import (
+    STATUS_CANNOT_CONVERT,
+    plan_contexts,
+    uid_name,
+)
+from ._net_contexts import (
+    choose_route as _choose_route,
+)
+from ._net_instances import (
+    FilterCallback,
+    Instance,
+    SourceLike,
+    build_payload,
+    dicomdir_files,
+    gather,
+)
+from ._net_ul import (
+    VERIFICATION_SOP_CLASS,
+    Association,
+    FileRegion,
+    PayloadError,
+    ProposedContext,
+    Timeouts,
+    is_transient,
+    status_dataset,
+)
+from .tls import build_client_ssl_context
+
+__all__ = [
+    "CALLING_AET_ENV",
+    "DEFAULT_CALLED_AET",
+    "DEFAULT_CALLING_AET",
+    "DicomSender",
+    "EchoResult",
+    "InstanceResult",
+    "SendReport",
+    "SendTimings",
+    "StatusCategory",
+    "default_calling_ae_title",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable overriding the calling AE title of :meth:`DicomSender.for_peer`
+#: (the hyphenated spelling ``DCM-PROCESSOR-SERVICE-CALLING-AET`` is read too and wins).
+CALLING_AET_ENV: Final = "DCM_PROCESSOR_SERVICE_CALLING_AET"
+#: Our calling AE title when neither an argument nor the environment gives one.
+DEFAULT_CALLING_AET: Final = "DCMPROCESSOR"
+#: The called AE title when the constructor gets none (the platform's historic default).
+DEFAULT_CALLED_AET: Final = "ANY-SCP"
+
+#: Local status: not sent because the association could not be (re-)established.
+STATUS_NOT_SENT: Final = 0x0110
+
+
+def default_calling_ae_title(environ: Mapping[str, str] | None = None) -> str:
+    """Our calling AE title: ``DCM-PROCESSOR-SERVICE-CALLING-AET`` or
+    ``DCM_PROCESSOR_SERVICE_CALLING_AET`` from the environment, else ``DCMPROCESSOR``."""
+    env = os.environ if environ is None else environ
+    for name in (CALLING_AET_ENV.replace("_", "-"), CALLING_AET_ENV):
+        value = env.get(name)
+        if value:
+            return validate_ae_title(value, name)
+    return DEFAULT_CALLING_AET
+
+
+class StatusCategory(str, Enum):
+    """What a DIMSE status means for the instance (PS3.7 Annex C)."""
+
+    SUCCESS = "success"
+    WARNING = "warning"  # stored, with coercion / elements discarded...
+    FAILURE = "failure"
+
+    @classmethod
+    def of(cls, status: int) -> StatusCategory:
+        """The category of a C-STORE status code (unknown codes count as failure)."""
+        category = code_to_category(int(status))
+        if category == "Success":
+            return cls.SUCCESS
+        if category == "Warning":
+            return cls.WARNING
+        return cls.FAILURE
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """What happened to one instance.
+
+    ``status`` is the peer's DIMSE status when ``sent`` is True; otherwise a local code:
+    ``0x0122`` the peer accepted no presentation context for the SOP class, ``0xC000``
+    the input could not be read or converted, ``0x0110`` not sent because the peer
+    could not be reached / the association kept failing. ``error`` says why in words.
+    """
+
+    source: str
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    status: int
+    category: StatusCategory
+    error: str | None = None
+    sent: bool = False
+    transfer_syntax: str | None = None
+    conversion: str | None = None
+    attempts: int = 0
+    duration_s: float = 0.0
+    status_dataset: Dataset = field(default_factory=Dataset, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the peer stored the instance (success or warning)."""
+        return self.category is not StatusCategory.FAILURE
+
+
+@dataclass
+class SendTimings:
+    """Where the time went, in seconds. ``connect_s`` (TCP + TLS + association
+    negotiation), ``store_s`` (C-STORE request to response), ``convert_s`` (reading and
+    encoding instances not sent as stored bytes), ``release_s`` and ``backoff_s`` are
+    summed over associations - with ``parallel > 1`` they can exceed ``total_s``."""
+
+    scan_s: float = 0.0
+    connect_s: float = 0.0
+    store_s: float = 0.0
+    convert_s: float = 0.0
+    release_s: float = 0.0
+    backoff_s: float = 0.0
+    total_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The timings as a plain dict."""
+        return {k: round(v, 6) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class SendReport:
+    """The outcome of one send: every instance exactly once, in input order."""
+
+    peer: str
+    results: list[InstanceResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    associations: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    parallel: int = 1
+    timings: SendTimings = field(default_factory=SendTimings)
+
+    @property
+    def nothing_to_send(self) -> bool:
+        """True when the input held no instance (or all were filtered out)."""
+        return not self.results
+
+    @property
+    def succeeded(self) -> list[InstanceResult]:
+        """Instances the peer stored (status success or warning)."""
+        return [r for r in self.results if r.ok]
+
+    @property
+    def warnings(self) -> list[InstanceResult]:
+        """Instances stored with a warning status."""
+        return [r for r in self.results if r.category is StatusCategory.WARNING]
+
+    @property
+    def failed(self) -> list[InstanceResult]:
+        """Instances not stored (peer failure status or a local reason)."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        """True when no instance failed (also True when there was nothing to send)."""
+        return not self.failed
+
+    def status_datasets(self) -> list[Dataset]:
+        """One status dataset per instance (the compatible ``send_dicom_from_*`` result)."""
+        return [r.status_dataset for r in self.results]
+
+    def raise_for_failures(self) -> SendReport:
+        """Raise :class:`StoreFailedError` listing the failed instances; else return self."""
+        failed = self.failed
+        if failed:
+            lines = "; ".join(
+                f"{r.source} (0x{r.status:04X}: {r.error or 'failed'})" for r in failed[:5]
+            )
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            exc = StoreFailedError(
+                f"{len(failed)} of {len(self.results)} instance(s) were not stored by "
+                f"{self.peer}: {lines}{more}"
+            )
+            exc.report = self  # type: ignore[attr-defined]
+            raise exc
+        return self
+
+    def summary(self) -> str:
+        """One line: counts, time, associations, retries."""
+        if self.nothing_to_send:
+            return f"nothing to send to {self.peer} ({len(self.skipped)} skipped)"
+        return (
+            f"{len(self.results)} instance(s) to {self.peer}: {len(self.succeeded)} stored "
+            f"({len(self.warnings)} with warnings), {len(self.failed)} failed, "
+            f"{len(self.skipped)} skipped in {self.timings.total_s:.3f} s "
+            f"({self.associations} association(s), {self.retries} retr"
+            f"{'y' if self.retries == 1 else 'ies'})"
+        )
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    """Outcome of a C-ECHO. Truthy when the peer answered success (0x0000).
+
+    ``latency_s`` is the C-ECHO round trip on the open association; ``total_s``
+    includes connecting, negotiation and release.
+    """
+
+    ok: bool
+    status: int | None
+    latency_s: float
+    total_s: float
+    peer: str
+    error: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class _Run:
+    """Bookkeeping of one send, shared by the worker threads."""
+
+    def __init__(self, peer: str, n: int, parallel: int) -> None:
+        self.lock = threading.Lock()
+        self.results: dict[int, InstanceResult] = {}
+        self.report = SendReport(peer=peer, parallel=parallel)
+        self.n = n
+
+    def add_time(self, name: str, seconds: float) -> None:
+        with self.lock:
+            setattr(self.report.timings, name, getattr(self.report.timings, name) + seconds)
+
+    def record(self, inst: Instance, result: InstanceResult) -> None:
+        with self.lock:
+            if inst.index in self.results:  # never report an instance twice
+                raise AssertionError(f"instance {inst.source} recorded twice")
+            self.results[inst.index] = result
+        if result.ok:
+            logger.debug(
+                "stored %s (%s) status 0x%04X", inst.source, inst.sop_instance_uid, result.status
+            )
+        else:
+            logger.warning("%s not stored: %s", inst.source, result.error)
+
+    def record_local(self, inst: Instance, status: int, reason: str) -> None:
+        self.record(
+            inst,
+            InstanceResult(
+                source=inst.source,
+                sop_instance_uid=inst.sop_instance_uid,
+                sop_class_uid=inst.sop_class_uid,
+                status=status,
+                category=StatusCategory.FAILURE,
+                error=reason,
+                sent=False,
+                attempts=inst.attempts,
+                status_dataset=status_dataset(status, error_comment=reason),
+            ),
+        )
+
+
+class DicomSender:
+    """Send DICOM instances to one peer (C-STORE) and check it (C-ECHO).
+
+    The positional parameters are the platform's (SPEC §2.8). ``ae_title`` is *our*
+    calling AE title, ``server_ae_title`` the peer's called AE title (default
+    ``"ANY-SCP"``).
+
+    TLS (``enable_tls``): the peer certificate is verified against ``tls_ca_file`` (and
+    the system trust store when ``tls_trusted_ca`` is True or no CA file is given) and
+    must name ``server_host`` (or ``tls_server_name``); ``tls_cert_file`` +
+    ``tls_key_file`` are our client certificate for mutual TLS; TLS 1.2 minimum.
+
+    ``additional_sops`` are proposed even when absent from the data;
+    ``additional_syntaxes`` are offered in every SOP class's fallback context.
+
+    Keyword-only tuning: ``max_retries``/``backoff``/``backoff_max`` (transient failures
+    are retried ``max_retries`` times in a row, waiting ``backoff * 2**n`` seconds,
+    at most ``backoff_max``), ``parallel`` (associations used at once), the timeouts,
+    ``max_pdu`` (the largest PDU we accept, 0 = unlimited), and ``tcp_nodelay`` /
+    ``tcp_quickack`` (on by default; off only to measure their effect).
+    """
+
+    def __init__(
+        self,
+        ae_title: str,
+        server_host: str,
+        server_port: int,
+        server_ae_title: str | None = None,
+        enable_tls: bool = False,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_trusted_ca: bool = False,
+        additional_sops: Iterable[str] | None = None,
+        additional_syntaxes: Iterable[str] | None = None,
+        *,
+        tls_server_name: str | None = None,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        backoff_max: float = 10.0,
+        parallel: int = 1,
+        connect_timeout: float | None = 10.0,
+        acse_timeout: float | None = 30.0,
+        dimse_timeout: float | None = 120.0,
+        network_timeout: float | None = 60.0,
+        max_pdu: int = 0,
+        tcp_nodelay: bool = True,
+        tcp_quickack: bool = True,
+    ) -> None:
+        self.ae_title = validate_ae_title(ae_title, "ae_title")
+        self.server_host = _host(server_host)
+        self.server_port = validate_port(server_port, "server_port")
+        self.server_ae_title = validate_ae_title(
+            DEFAULT_CALLED_AET if server_ae_title is None else server_ae_title, "server_ae_title"
+        )
+        self.additional_sops = tuple(_uids(additional_sops, "additional_sops"))
+        self.additional_syntaxes = tuple(_uids(additional_syntaxes, "additional_syntaxes"))
+        self.max_retries = _non_negative_int(max_retries, "max_retries")
+        self.backoff = _non_negative_float(backoff, "backoff")
+        self.backoff_max = _non_negative_float(backoff_max, "backoff_max")
+        self.parallel = _positive_int(parallel, "parallel")
+        if (
+            not isinstance(max_pdu, int)
+            or isinstance(max_pdu, bool)
+            or not (max_pdu == 0 or 4096 <= max_pdu <= 0xFFFFFFFF)
+        ):
+            raise InvalidInputError(
+                f"invalid 'max_pdu' value {max_pdu!r} - must be 0 (unlimited) or 4096..4294967295"
+            )
+        self.max_pdu = max_pdu
+        self.timeouts = Timeouts(
+            connect=connect_timeout, acse=acse_timeout, dimse=dimse_timeout, network=network_timeout
+        )
+        self.tcp_nodelay = bool(tcp_nodelay)
+        self.tcp_quickack = bool(tcp_quickack)
+        self.enable_tls = bool(enable_tls)
+        self.tls_server_name = tls_server_name or None
+        self._ssl_context = (
+            build_client_ssl_context(
+                ca_file=tls_ca_file,
+                cert_file=tls_cert_file,
+                key_file=tls_key_file,
+                trusted_ca=bool(tls_trusted_ca),
+            )
+            if self.enable_tls
+            else None
+        )
+        #: The report of the last send (also set when the send raised).
+        self.last_report: SendReport | None = None
+
+    # -- construction from a peer record -------------------------------------------------
+    @classmethod
+    def for_peer(
+        cls,
+        peer: Peer,
+        calling_ae_title: str | None = None,
+        *,
+        additional_sops: Iterable[str] | None = None,
+        additional_syntaxes: Iterable[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> DicomSender:
+        """A sender for a :class:`~dcm_processor_service.store.records.Peer`: called AE
+        title ``peer.aet``, TLS from ``peer.tls``/``cert_file``/``key_file``/``ca_file``.
+
+        Our calling AE title: ``calling_ae_title``, else the environment variable
+        ``DCM_PROCESSOR_SERVICE_CALLING_AET`` (or ``DCM-PROCESSOR-SERVICE-CALLING-AET``),
+        else ``"DCMPROCESSOR"``. ``options`` are the keyword-only tuning parameters.
+        """
+        if not isinstance(peer, Peer):
+            raise InvalidInputError(f"invalid 'peer' value {peer!r} - must be a Peer record")
+        aet = (
+            calling_ae_title if calling_ae_title is not None else default_calling_ae_title(environ)
+        )
+        return cls(
+            aet,
+            peer.host,
+            peer.port,
+            peer.aet,
+            enable_tls=peer.tls,
+            tls_cert_file=peer.cert_file if peer.tls else None,
+            tls_key_file=peer.key_file if peer.tls else None,
+            tls_ca_file=peer.ca_file if peer.tls else None,
+            additional_sops=additional_sops,
+            additional_syntaxes=additional_syntaxes,
+            **options,
+        )
+
+    @property
+    def peer_label(self) -> str:
+        """``CALLED_AET@host:port`` (+ `` (TLS)``) as used in messages."""
+        tls = " (TLS)" if self.enable_tls else ""
+        return f"{self.server_ae_title}@{self.server_host}:{self.server_port}{tls}"
+
+    def __repr__(self) -> str:
+        return f"DicomSender({self.ae_title!r} -> {self.peer_label})"
+
+    # -- compatible API --------------------------------------------------------------------
+    def send_dicom_from_path(
+        self, path: str | os.PathLike[str], filter_callback: FilterCallback | None = None
+    ) -> list[Dataset]:
+        """Send a file, or every file under a folder (recursively); return one status
+        dataset per instance. A DICOMDIR met in the folder is skipped."""
+        if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
+            raise InvalidInputError(f"invalid 'path' value {path!r} - no such file or folder")
+        return self.send(path, filter_callback=filter_callback).status_datasets()
+
+    def send_dicom_from_filelist(
+        self,
+        filelist: Iterable[str | os.PathLike[str]],
+        filter_callback: FilterCallback | None = None,
+    ) -> list[Dataset]:
+        """Send the listed files; a missing or unreadable file gets a failure status and
+        the others are still sent."""
+        files = [filelist] if isinstance(filelist, (str, os.PathLike)) else list(filelist)
+        for i, item in enumerate(files):
+            if not isinstance(item, (str, os.PathLike)):
+                raise InvalidInputError(
+                    f"invalid 'filelist' item #{i} {item!r} - must be a file path"
+                )
+        return self.send(files, filter_callback=filter_callback).status_datasets()
+
+    def send_dicom_from_dataset(
+        self, datasets: Dataset | Iterable[Dataset], filter_callback: FilterCallback | None = None
+    ) -> list[Dataset]:
+        """Send pydicom datasets (one, or an iterable); reported as ``"dataset #i"``."""
+        items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
+        for i, item in enumerate(items):
+            if not isinstance(item, Dataset):
+                raise InvalidInputError(
+                    f"invalid 'datasets' item #{i}: {type(item).__name__} - must be a pydicom Dataset"
+                )
+        return self.send(items, filter_callback=filter_callback).status_datasets()
+
+    def send_dicom_from_dicomdir(
+        self, filename: str | os.PathLike[str], filter_callback: FilterCallback | None = None
+    ) -> list[Dataset]:
+        """Send the instances a DICOMDIR references (``filename`` may also be the folder
+        holding the DICOMDIR)."""
+        path = Path(filename)
+        if path.is_dir():
+            path = path / "DICOMDIR"
+        if not path.is_file():
+            raise InvalidInputError(f"invalid 'filename' value {filename!r} - no such DICOMDIR")
+        return self.send(dicomdir_files(path), filter_callback=filter_callback).status_datasets()
+
+    # -- the core ----------------------------------------------------------------------------
+    def send(
+        self,
+        source: SourceLike,
+        *,
+        filter_callback: FilterCallback | None = None,
+        parallel: int | None = None,
+    ) -> SendReport:
+        """Send ``source`` and return the :class:`SendReport`.
+
+        ``source``: a file or folder path, a DICOMDIR path, a pydicom Dataset, or an
+        iterable mixing them. ``filter_callback(dataset) -> bool`` sees each instance's
+        header (for files: read with ``stop_before_pixels``; for datasets: the dataset)
+        and decides whether it is sent. ``parallel`` overrides the sender's setting.
+
+        Per-instance problems (unreadable file, no accepted context, failure status)
+        are results, not exceptions. Raises, after the retries, on network failures
+        that left instances unsent: :class:`PeerUnreachableError`,
+        :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
+        :class:`TLSError` (each with ``.report``).
+        """
+        workers = self.parallel if parallel is None else _positive_int(parallel, "parallel")
+        t0 = time.perf_counter()
+        instances, skipped = gather(source, filter_callback)
+        run = _Run(self.peer_label, len(instances), workers)
+        run.report.skipped = skipped
+        run.report.timings.scan_s = time.perf_counter() - t0
+        try:
+            fatal = self._send_instances(run, instances, workers)
+        finally:
+            report = run.report
+            report.results = [run.results[i] for i in sorted(run.results)]
+            report.timings.total_s = time.perf_counter() - t0
+            self.last_report = report
+        if report.nothing_to_send:
+            logger.info("nothing to send to %s (%d skipped)", self.peer_label, len(skipped))
+        else:
+            logger.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
+        if fatal is not None:
+            fatal.report = report  # type: ignore[attr-defined]
+            raise fatal
+        return report
+
+    def _send_instances(
+        self, run: _Run, instances: list[Instance], workers: int
+    ) -> NetworkError | None:
+        sendable: list[Instance] = []
+        for inst in instances:
+            if inst.sendable:
+                sendable.append(inst)
+            else:
+                run.record_local(inst, STATUS_CANNOT_CONVERT, f"not sent: {inst.error}")
+        if not sendable:
+            return None
+        plan = plan_contexts(
+            ((i.sop_class_uid, i.transfer_syntax) for i in sendable),  # type: ignore[misc]
+            extra_sop_classes=self.additional_sops,
+            extra_syntaxes=self.additional_syntaxes,
+        )
+        fatal: NetworkError | None = None
+        for group, contexts in enumerate(plan.groups):
+            items = [i for i in sendable if plan.group_of.get(i.sop_class_uid or "") == group]
+            if not items:
+                continue
+            if fatal is None:
+                if len(plan.groups) > 1:
+                    logger.info(
+                        "association group %d/%d: %d contexts, %d instance(s)",
+                        group + 1,
+                        len(plan.groups),
+                        len(contexts),
+                        len(items),
+                    )
+                fatal = self._send_group(run, contexts, items, workers)
+            if fatal is not None:
+                for inst in items:
+                    if inst.index not in run.results:
+                        run.record_local(inst, STATUS_NOT_SENT, f"not sent: {fatal}")
+        return fatal
+
+    def _open(self, contexts: Sequence[ProposedContext]) -> Association:
+        return Association.request(
+            self.server_host,
+            self.server_port,
+            calling_ae_title=self.ae_title,
+            called_ae_title=self.server_ae_title,
+            contexts=contexts,
+            ssl_context=self._ssl_context,
+            server_hostname=self.tls_server_name or self.server_host,
+            max_pdu=self.max_pdu,
+            timeouts=self.timeouts,
+            tcp_nodelay=self.tcp_nodelay,
+            tcp_quickack=self.tcp_quickack,
+        )
+
+    def _send_group(
+        self,
+        run: _Run,
+        contexts: Sequence[ProposedContext],
+        items: list[Instance],
+        workers: int,
+    ) -> NetworkError | None:
+        queue: deque[Instance] = deque(items)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def backoff_or_give_up(exc: NetworkError, failures: int) -> bool:
+            if stop.is_set() or not is_transient(exc) or failures >= self.max_retries:
+                return False
+            delay = min(self.backoff * (2**failures), self.backoff_max)
+            with run.lock:
+                run.report.retries += 1
+            logger.warning("%s - retry %d/%d in %.2f s", exc, failures + 1, self.max_retries, delay)
+            t = time.perf_counter()
+            stop.wait(delay)
+            run.add_time("backoff_s", time.perf_counter() - t)
+            return not stop.is_set()
+
+        def fail(exc: BaseException) -> None:
+            with run.lock:
+                errors.append(exc)
+            stop.set()
+
+        def worker() -> None:
+            failures = 0  # consecutive failed attempts without progress
+            while not stop.is_set():
+                with run.lock:
+                    if not queue:
+                        return
+                t = time.perf_counter()
+                try:
+                    assoc = self._open(contexts)
+                except NetworkError as exc:
+                    run.add_time("connect_s", time.perf_counter() - t)
+                    if backoff_or_give_up(exc, failures):
+                        failures += 1
+                        continue
+                    fail(exc)
+                    return
+                run.add_time("connect_s", time.perf_counter() - t)
+                with run.lock:
+                    run.report.associations += 1
+                try:
+                    while not stop.is_set() and assoc.is_open:
+                        with run.lock:
+                            inst = queue.popleft() if queue else None
+                        if inst is None:
+                            break
+                        try:
+                            self._store_one(run, assoc, inst)
+                        except BaseException:
+                            with run.lock:
+                                queue.appendleft(inst)  # not confirmed: resend later
+                            raise
+                        failures = 0
+                except NetworkError as exc:
+                    if backoff_or_give_up(exc, failures):
+                        failures += 1
+                        continue
+                    fail(exc)
+                    return
+                finally:
+                    if assoc.is_open:
+                        t = time.perf_counter()
+                        assoc.release()
+                        run.add_time("release_s", time.perf_counter() - t)
+                    else:
+                        assoc.abort()
+                    with run.lock:
+                        run.report.bytes_sent += assoc.bytes_sent
+
+        def guarded() -> None:
+            try:
+                worker()
+            except BaseException as exc:  # a bug or KeyboardInterrupt: stop everyone
+                fail(exc)
+
+        n = max(1, min(workers, len(items)))
+        if n == 1:
+            worker()  # on the caller's thread: bugs propagate with their traceback
+        else:
+            threads = [
+                threading.Thread(target=guarded, name=f"dicom-send-{i}", daemon=True)
+                for i in range(n)
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        for exc in errors:
+            if not isinstance(exc, NetworkError):
+                raise exc
+        if not queue:
+            if errors:
+                logger.warning(
+                    "an association failed (%s) but every instance was delivered", errors[0]
+                )
+            return None
+        if errors:
+            return errors[0]  # type: ignore[return-value]
+        return NetworkError(f"{len(queue)} instance(s) were not sent to {self.peer_label}")
+
+    def _store_one(self, run: _Run, assoc: Association, inst: Instance) -> None:
+        assert inst.sop_class_uid and inst.sop_instance_uid and inst.transfer_syntax
+        route = _choose_route(
+            inst.sop_class_uid,
+            inst.transfer_syntax,
+            assoc.contexts.values(),
+            has_pixel_data=inst.has_pixel_data,
+        )
+        if not route.sendable:
+            run.record_local(inst, route.status, route.reason or "not sent")
+            return
+        t = time.perf_counter()
+        if route.conversion == "none" and inst.path is not None and inst.offset is not None:
+            payload: bytes | FileRegion = FileRegion(inst.path, inst.offset)
+        else:
+            try:
+                payload = build_payload(inst, route)
+            except Exception as exc:  # decoder/encoder errors of this one instance
+                logger.debug("conversion of %s failed", inst.source, exc_info=True)
+                target = uid_name(route.transfer_syntax or "")
+                run.record_local(
+                    inst,
+                    STATUS_CANNOT_CONVERT,
+                    f"not sent: cannot convert from {uid_name(inst.transfer_syntax)} to "
+                    f"{target}: {type(exc).__name__}: {exc}",
+                )
+                return
+            run.add_time("convert_s", time.perf_counter() - t)
+        inst.attempts += 1
+        t = time.perf_counter()
+        try:
+            rsp = assoc.c_store(
+                route.context_id,  # type: ignore[arg-type]
+                inst.sop_class_uid,
+                inst.sop_instance_uid,
+                payload,
+            )
+        except PayloadError as exc:
+            run.record_local(inst, STATUS_CANNOT_CONVERT, f"not sent: {exc}")
+            return
+        elapsed = time.perf_counter() - t
+        run.add_time("store_s", elapsed)
+        status = int(rsp.Status)
+        category = StatusCategory.of(status)
+        comment = rsp.get("ErrorComment")
+        error = None
+        if category is not StatusCategory.SUCCESS:
+            error = f"peer answered status 0x{status:04X} ({category.value})" + (
+                f": {comment}" if comment else ""
+            )
+        run.record(
+            inst,
+            InstanceResult(
+                source=inst.source,
+                sop_instance_uid=inst.sop_instance_uid,
+                sop_class_uid=inst.sop_class_uid,
+                status=status,
+                category=category,
+                error=error,
+                sent=True,
+                transfer_syntax=route.transfer_syntax,
+                conversion=route.conversion,
+                attempts=inst.attempts,
+                duration_s=elapsed,
+                status_dataset=rsp,
+            ),
+        )
+
+    # -- C-ECHO --------------------------------------------------------------------------
+    def send_echo(self) -> EchoResult:
+        """C-ECHO the peer.
+
+        Returns an :class:`EchoResult` (truthy when the peer answered success); it is
+        falsy with ``error`` set when the peer answered a failure status or does not
+        support the Verification SOP class. Like :meth:`send`, raises
+        :class:`PeerUnreachableError`, :class:`AssociationRejectedError`,
+        :class:`AssociationAbortedError` or :class:`TLSError` when no association can be
+        used (no retries: an echo is a health check).
+        """
+        contexts = [
+            ProposedContext(
+                1,
+                VERIFICATION_SOP_CLASS,
+                (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)),
+            )
+        ]
+        t0 = time.perf_counter()
+        assoc = self._open(contexts)
+        latency = 0.0
+        try:
+            if not any(c.accepted for c in assoc.contexts.values()):
+                reason = next(iter(assoc.contexts.values())).result_text
+                return EchoResult(
+                    False,
+                    None,
+                    0.0,
+                    time.perf_counter() - t0,
+                    self.peer_label,
+                    f"the peer does not support the Verification SOP class ({reason})",
+                )
+            t1 = time.perf_counter()
+            rsp = assoc.c_echo()
+            latency = time.perf_counter() - t1
+        finally:
+            if assoc.is_open:
+                assoc.release()
+        status = int(rsp.Status)
+        ok = status == 0
+        error = None if ok else f"peer answered C-ECHO status 0x{status:04X}"
+        result = EchoResult(ok, status, latency, time.perf_counter() - t0, self.peer_label, error)
+        logger.info(
+            "C-ECHO %s: %s in %.1f ms", self.peer_label, "ok" if ok else error, latency * 1000
+        )
+        return result
+
+
+# -- argument checks ------------------------------------------------------------------------
+_UID_RE: Final = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def _uids(values: Iterable[Any] | None, what: str) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out: list[str] = []
+    for value in values:
+        uid = str(value).strip()
+        if len(uid) > 64 or not _UID_RE.match(uid):
+            raise InvalidInputError(
+                f"invalid '{what}' item {value!r} - not a valid UID (dot-separated numbers, "
+                f"no leading zeros, at most 64 characters)"
+            )
+        out.append(uid)
+    return out
+
+
+def _host(value: Any) -> str:
+    rule = "must be a host name or IP address"
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise InvalidInputError(f"invalid 'server_host' value {value!r} - {rule}")
+    host = value.strip()
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        raise InvalidInputError(f"invalid 'server_host' value {value!r} - {rule} ({exc})") from None
+    return host
+
+
+def _non_negative_int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInputError(f"invalid '{what}' value {value!r} - must be an integer >= 0")
+    return value
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInputError(f"invalid '{what}' value {value!r} - must be an integer >= 1")
+    return value
+
+
+def _non_negative_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InvalidInputError(f"invalid '{what}' value {value!r} - must be a number >= 0")
+    return float(value)
