@@ -9,6 +9,7 @@ import pytest
 
 from dcm_processor_service import close_stores
 from dcm_processor_service.store import Store
+from support.postgres import PostgresServer, require_pg_bin
 from support.stores import PROVIDERS, make_store
 
 
@@ -42,3 +43,14 @@ def store(store_url: tuple[str, str, str]) -> Iterator[Store]:
     s = open_store(*store_url)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on a free loopback port for the whole test
+    session (skipped without PostgreSQL binaries - a failure instead when CI=true)."""
+    server = PostgresServer(require_pg_bin()).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -56,5 +56,5 @@ def test_uses_the_runtime_context(store_url) -> None:
     provider, url, name = store_url
     with dps.use_context(db_provider=provider, db_url=url, db_name=name):
         report = dps.ingest(CT5N)
-        image, _, array = dps.get_series_nifti(report.series_ids[0])
+        _, _, array = dps.get_series_nifti(report.series_ids[0])
         assert array.shape[2] == 5

@@ -162,7 +162,7 @@ def get_peer_id() -> str:
     return current_context().require("peer_id")
 
 
-__all__ = [  # noqa: RUF022 - eager names, then the lazily imported ones
+__all__ = [  # the lazily imported names, then the eager ones
     *sorted(_LAZY),
     "JOB_EVENTS",
     "AssociationAbortedError",
