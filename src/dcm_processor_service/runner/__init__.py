@@ -1,0 +1,72 @@
+"""The local runner: run a service on one machine exactly as the platform's worker would.
+
+::
+
+    from dcm_processor_service.runner import load_manifest, run_service
+
+    report = run_service(load_manifest("examples/threshold-service"), ["scans/"],
+                         db_url=".dcm-service/", output_dir="results/")
+    print(report.ok, report.counts())
+
+Modules: :mod:`.manifest` (``dcm-processor.json``, entry points), :mod:`.schedule`
+(``dependsOn`` order), :mod:`.inputs` (input files by patient), :mod:`.job_process`
+(one process per job), :mod:`.runner` (the orchestration), :mod:`.progress` (events for
+whoever watches), :mod:`.sample_data` (a synthetic CT for demos and tests).
+
+Names are imported lazily, so ``python -m dcm_processor_service.runner.job_process``
+(every job's process) starts without loading the runner.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "EntryPoint",
+    "JobOutcome",
+    "JobRun",
+    "JobSpec",
+    "RunObserver",
+    "RunReport",
+    "Runner",
+    "ServiceManifest",
+    "SessionRun",
+    "export_session",
+    "load_manifest",
+    "make_sample_ct",
+    "manifest_for_function",
+    "parse_timeout",
+    "run_service",
+]
+
+_WHERE = {
+    "EntryPoint": "manifest",
+    "JobSpec": "manifest",
+    "ServiceManifest": "manifest",
+    "load_manifest": "manifest",
+    "manifest_for_function": "manifest",
+    "parse_timeout": "manifest",
+    "JobOutcome": "job_process",
+    "RunObserver": "progress",
+    "JobRun": "runner",
+    "RunReport": "runner",
+    "Runner": "runner",
+    "SessionRun": "runner",
+    "export_session": "runner",
+    "run_service": "runner",
+    "make_sample_ct": "sample_data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

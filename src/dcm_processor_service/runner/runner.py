@@ -1,0 +1,732 @@
+"""The local runner: plays the platform worker's part on one machine.
+
+:func:`run_service` (or :class:`Runner`) takes a service manifest and input DICOM and:
+
+1. groups the input by patient and ingests it into the store, one session per patient,
+   with the given peer as the images' source;
+2. per session, runs the pre-services hook (:func:`~dcm_processor_service.run_pre_services`);
+3. for every stable series, then study, then the patient, calls the registry callbacks
+   of that event's jobs (``callback(session_id, job_name, headers, params,
+   added_params)`` returning ``bool`` or ``(bool, dict)``; the dict lands in
+   ``added_params[job_name]``), then runs the scheduled jobs in ``dependsOn`` order,
+   each in its own process with the platform's environment variables, its timeout, and
+   the worker's arguments ``worker(session_id, job_name, headers, params, added_params,
+   job_id=, event=, service_id=, db_provider=, db_url=, db_name=)``;
+4. records every job's status and timings in the store (pending → running →
+   succeeded / failed / skipped / timed-out);
+5. exports the session's files and data (``output_dir``), then runs the post-services
+   hook (clean-up) — unless ``keep_session``, or a job failed (then, as on the platform
+   where the post-services job depends on every job, the session is kept for
+   inspection; ``cleanup_on_failure`` cleans up anyway).
+
+The registry callbacks run in the runner's process (the platform's scheduler runs them
+in its own); the pre/post hooks run in the runner's process too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .._context import RuntimeContext, context_environ, use_context
+from .._errors import DcmProcessorError, InvalidInputError, ServiceError
+from ..store.base import CHUNK_SIZE, Store
+from ..store.records import Peer, utcnow
+from ..store.registry import open_store
+from .inputs import InputScan, PatientGroup, scan_inputs
+from .job_process import ERROR_TAIL, run_job_process
+from .manifest import EntryLoader, JobSpec, ServiceManifest
+from .progress import RunObserver
+from .schedule import SUCCEEDED, blocked_reason, order_jobs
+
+__all__ = ["JobRun", "RunReport", "Runner", "SessionRun", "export_session", "run_service"]
+
+logger = logging.getLogger(__name__)
+
+#: Pseudo-event of the pre/post-services hooks in the job records.
+HOOK_EVENT = "session"
+_FAILED = ("failed", "timed-out")
+_EVENTS = (("stable-series", "series"), ("stable-study", "study"), ("stable-patient", "patient"))
+
+
+@dataclass
+class JobRun:
+    """One job (or hook, or registry callback) of a run, and how it went."""
+
+    session_id: str
+    job_name: str
+    event: str
+    object_kind: str
+    object_id: str | None
+    object_label: str
+    status: str = "pending"
+    job_id: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration: float | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    log_path: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether this counts as a failure of the run."""
+        return self.status in _FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+
+@dataclass
+class SessionRun:
+    """One session (one patient) of a run."""
+
+    session_id: str
+    patient_label: str
+    files: int = 0
+    stored: int = 0
+    series: int = 0
+    jobs: list[JobRun] = field(default_factory=list)
+    not_scheduled: list[dict[str, str]] = field(default_factory=list)
+    exported_to: str | None = None
+    exported_files: list[str] = field(default_factory=list)
+    cleaned_up: bool = False
+    kept_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No job of the session failed or timed out."""
+        return not any(j.failed for j in self.jobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        data = {k: v for k, v in asdict(self).items() if k != "jobs"}
+        data["jobs"] = [j.to_dict() for j in self.jobs]
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass
+class RunReport:
+    """The outcome of a run."""
+
+    service: str
+    version: str
+    store: str
+    peer: str | None
+    input_files: int = 0
+    stored: int = 0
+    ingest_failed: list[tuple[str, str]] = field(default_factory=list)
+    sessions: list[SessionRun] = field(default_factory=list)
+    output_dir: str | None = None
+    duration: float = 0.0
+
+    @property
+    def jobs(self) -> list[JobRun]:
+        """Every job of every session, in run order."""
+        return [j for s in self.sessions for j in s.jobs]
+
+    @property
+    def ok(self) -> bool:
+        """No job failed or timed out."""
+        return all(s.ok for s in self.sessions)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything succeeded, 1 when a job failed."""
+        return 0 if self.ok else 1
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs ended in each status."""
+        out: dict[str, int] = {}
+        for job in self.jobs:
+            out[job.status] = out.get(job.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (what ``dcm-service run --json`` prints)."""
+        return {
+            "service": self.service,
+            "version": self.version,
+            "store": self.store,
+            "peer": self.peer,
+            "input_files": self.input_files,
+            "stored": self.stored,
+            "ingest_failed": [{"path": p, "reason": r} for p, r in self.ingest_failed],
+            "sessions": [s.to_dict() for s in self.sessions],
+            "output_dir": self.output_dir,
+            "duration": round(self.duration, 3),
+            "counts": self.counts(),
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+        }
+
+
+def _label(kind: str, record: dict[str, Any]) -> str:
+    meta = record.get("Metadata") or {}
+    if kind == "series":
+        parts = [
+            str(meta.get(k)) for k in ("Modality", "SeriesNumber") if meta.get(k) not in (None, "")
+        ]
+        desc = meta.get("SeriesDescription")
+        text = " #".join(parts) if parts else str(record.get("SeriesInstanceUID", ""))[-16:]
+        n = len(record.get("Instances") or [])
+        return f"{text}{' ' + str(desc) if desc else ''} ({n} inst.)"
+    if kind == "study":
+        return str(
+            meta.get("StudyDescription")
+            or meta.get("StudyID")
+            or str(record.get("StudyInstanceUID", ""))[-16:]
+        )
+    return str(meta.get("PatientID") or meta.get("PatientName") or record.get("PatientUID", ""))
+
+
+def _safe_dir_name(text: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return cleaned[:64] or "session"
+
+
+def _filter_result(value: Any, job: str) -> tuple[bool, dict[str, Any]]:
+    """Interpret a registry callback's return: ``bool`` or ``(bool, dict)``."""
+    if isinstance(value, (tuple, list)):
+        ok = bool(value[0]) if value else False
+        extra = value[1] if len(value) > 1 else {}
+        if not isinstance(extra, dict):
+            logger.warning(
+                "registry callback of %r returned %r as params, not a dict: ignored", job, extra
+            )
+            extra = {}
+        return ok, extra
+    return bool(value), {}
+
+
+def export_session(store: Store, session_id: str, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write the session's files to ``out_dir/<job name>/<file name>`` (a job that ran
+    more than once gets ``<job name>-<job id>`` folders), its data to
+    ``session-data.json`` and its jobs to ``jobs.json``. Returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    records = store.list_files(session_id)
+    runs_per_job: dict[str, set[str]] = {}
+    for rec in records:
+        runs_per_job.setdefault(rec.job_name or rec.job_id, set()).add(rec.job_id)
+    for rec in records:
+        job = rec.job_name or rec.job_id
+        folder = out / (job if len(runs_per_job[job]) == 1 else f"{job}-{rec.job_id[:8]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / rec.name
+        part = folder / f".{rec.name}.part"
+        with store.open_file(rec) as reader, open(part, "wb") as handle:
+            while chunk := reader.read(CHUNK_SIZE):
+                handle.write(chunk)
+        os.replace(part, target)
+        written.append(target)
+    data = [
+        {
+            "job_name": row["job_name"],
+            "event": row["event"],
+            "job_id": row["job_id"],
+            "name": row["name"],
+            "value": json.loads(row["value_json"]),
+        }
+        for row in store.list_data(session_id)
+    ]
+    (out / "session-data.json").write_text(
+        json.dumps(data, indent=2, default=str), encoding="utf-8"
+    )
+    jobs = [
+        {
+            "id": j.id,
+            "name": j.name,
+            "event": j.event,
+            "status": j.status,
+            "error": j.error,
+            "progress": j.progress,
+            "started_at": j.started_at,
+            "finished_at": j.finished_at,
+        }
+        for j in store.list_jobs(session_id)
+    ]
+    (out / "jobs.json").write_text(json.dumps(jobs, indent=2, default=str), encoding="utf-8")
+    written += [out / "session-data.json", out / "jobs.json"]
+    return written
+
+
+class Runner:
+    """Runs a service on local input, as the platform's worker would.
+
+    ``db_provider``/``db_url``/``db_name`` name the store (the job processes get them in
+    their environment, so the URL must be reachable from them: for ``sqlite`` an
+    absolute path is used). ``peer`` names a peer of the store (or is a :class:`Peer`).
+    ``params`` overrides job params: key ``None`` for every job, a job name for one.
+    """
+
+    def __init__(
+        self,
+        manifest: ServiceManifest,
+        *,
+        db_provider: str = "sqlite",
+        db_url: str,
+        db_name: str | None = None,
+        peer: str | Peer | None = None,
+        params: dict[str | None, dict[str, Any]] | None = None,
+        keep_session: bool = False,
+        cleanup_on_failure: bool = False,
+        output_dir: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        observer: RunObserver | None = None,
+        job_log_level: str = "INFO",
+        poll_interval: float = 0.25,
+    ) -> None:
+        self.manifest = manifest.with_params(params) if params else manifest
+        self.db_provider = db_provider
+        if db_provider.lower() == "sqlite" and "://" not in db_url:
+            db_url = str(Path(db_url).expanduser().resolve()) + (
+                os.sep if db_url.endswith(("/", os.sep)) else ""
+            )
+        self.db_url = db_url
+        if db_name is None and db_provider.lower() == "sqlite":
+            from ..store.sqlite import DEFAULT_DB_NAME
+
+            db_name = DEFAULT_DB_NAME  # what the store uses anyway; the jobs see it
+        self.db_name = db_name
+        self.peer = peer
+        self.keep_session = keep_session
+        self.cleanup_on_failure = cleanup_on_failure
+        self.output_dir = Path(output_dir).resolve() if output_dir is not None else None
+        self.work_dir = Path(work_dir).resolve() if work_dir is not None else None
+        self.observer = observer or RunObserver()
+        self.job_log_level = job_log_level
+        self.poll_interval = poll_interval
+        self._by_name = {j.name: j for j in self.manifest.jobs}
+        self._exported: set[Path] = set()
+
+    # ------------------------------------------------------------------ run
+    def run(self, inputs: Sequence[str | os.PathLike[str]]) -> RunReport:
+        """Ingest ``inputs`` (folders, files, DICOMDIRs) and run the service on them."""
+        start = time.monotonic()
+        store = open_store(self.db_provider, self.db_url, self.db_name)
+        try:
+            peer = self._resolve_peer(store)
+            report = RunReport(
+                service=self.manifest.name,
+                version=self.manifest.version,
+                store=store.describe(),
+                peer=f"{peer.name} ({peer.aet}@{peer.host}:{peer.port})" if peer else None,
+                output_dir=str(self.output_dir) if self.output_dir else None,
+            )
+            scan = scan_inputs(inputs)
+            report.input_files = scan.total_files
+            with EntryLoader() as loader:
+                filters = self._load_filters(loader)
+                sessions = self._ingest(store, scan, peer, report)
+                work_root = self.work_dir or Path(tempfile.mkdtemp(prefix="dcm-service-run-"))
+                for group, session in sessions:
+                    report.sessions.append(session)
+                    if session.stored == 0:
+                        continue
+                    self._run_session(
+                        store, session, group, peer, filters, work_root / session.session_id
+                    )
+        finally:
+            store.close()
+        report.duration = time.monotonic() - start
+        return report
+
+    def _resolve_peer(self, store: Store) -> Peer | None:
+        if self.peer is None:
+            return None
+        if isinstance(self.peer, Peer):
+            return self.peer if self.peer.id else store.put_peer(self.peer)
+        return store.get_peer(self.peer)
+
+    def _load_filters(self, loader: EntryLoader) -> dict[str, Callable[..., Any]]:
+        filters = {}
+        for job in self.manifest.jobs:
+            if job.registry is not None and not job.disabled:
+                what = f"registryEntry of job {job.name!r}"
+                try:
+                    filters[job.name] = loader.load(job.registry, what)
+                except ServiceError:
+                    raise
+                except Exception as exc:
+                    raise ServiceError(
+                        f"cannot import {what} {job.registry_entry!r}: {type(exc).__name__}: {exc}"
+                    ) from exc
+        return filters
+
+    # --------------------------------------------------------------- ingest
+    def _ingest(
+        self, store: Store, scan: InputScan, peer: Peer | None, report: RunReport
+    ) -> list[tuple[PatientGroup, SessionRun]]:
+        from ..dicom.index import IngestFailure, StoredInstance, iter_ingest
+
+        report.ingest_failed.extend(scan.not_dicom)
+        total = scan.dicom_files
+        self.observer.ingest_started(total)
+        done = 0
+        out = []
+        peer_id = peer.id if peer else None
+        for group in scan.groups:
+            session_id = uuid.uuid4().hex
+            store.ensure_session(
+                session_id,
+                peer_id=peer_id,
+                meta={"patient": group.label, "service": self.manifest.name},
+            )
+            session = SessionRun(
+                session_id=session_id, patient_label=group.label, files=len(group.files)
+            )
+            for outcome in iter_ingest(
+                group.files, store=store, peer_id=peer_id, session_id=session_id
+            ):
+                if isinstance(outcome, StoredInstance):
+                    session.stored += 1
+                    report.stored += 1
+                elif isinstance(outcome, IngestFailure):
+                    report.ingest_failed.append((outcome.path, outcome.reason))
+                done += 1
+                self.observer.ingest_advanced(min(done, total), total)
+            out.append((group, session))
+        for _, session in out:
+            if session.stored == 0:  # nothing of this patient could be stored
+                store.delete_session(session.session_id)
+        self.observer.ingest_finished(report.stored, report.ingest_failed)
+        if report.stored == 0:
+            first = (
+                f" (e.g. {report.ingest_failed[0][0]}: {report.ingest_failed[0][1]})"
+                if report.ingest_failed
+                else ""
+            )
+            raise InvalidInputError(f"no DICOM instance of the input could be stored{first}")
+        return out
+
+    # -------------------------------------------------------------- session
+    def _context(self, session_id: str, peer: Peer | None) -> RuntimeContext:
+        return RuntimeContext(
+            db_provider=self.db_provider,
+            db_url=self.db_url,
+            db_name=self.db_name,
+            session_id=session_id,
+            job_service_name=self.manifest.name,
+            peer_id=peer.id if peer else None,
+        )
+
+    def _hook(
+        self,
+        store: Store,
+        session: SessionRun,
+        ctx: RuntimeContext,
+        name: str,
+        func: Callable[..., Any],
+    ) -> JobRun:
+        run = JobRun(
+            session.session_id,
+            name,
+            HOOK_EVENT,
+            "session",
+            session.session_id,
+            session.patient_label,
+        )
+        record = store.create_job(
+            session.session_id, name, HOOK_EVENT, service_name="dcm-processor-service"
+        )
+        run.job_id = record.id
+        run.started_at = utcnow()
+        run.status = "running"
+        store.update_job(record.id, status="running", started_at=run.started_at)
+        self.observer.job_started(run)
+        t0 = time.monotonic()
+        try:
+            with use_context(ctx.replace(job_id=record.id, job_name=name)):
+                run.result = func(session.session_id, name, {}, {}, {}, store=store)
+            run.status = SUCCEEDED
+        except Exception as exc:
+            import traceback
+
+            run.status = "failed"
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.traceback = traceback.format_exc()
+            logger.debug("%s failed", name, exc_info=True)
+        run.finished_at = utcnow()
+        run.duration = time.monotonic() - t0
+        with contextlib.suppress(DcmProcessorError):  # post-services deletes its own record
+            store.update_job(
+                record.id,
+                status=run.status,
+                finished_at=run.finished_at,
+                error=(run.traceback or run.error or "")[-ERROR_TAIL:] or None,
+            )
+        session.jobs.append(run)
+        self.observer.job_finished(run)
+        return run
+
+    def _run_session(
+        self,
+        store: Store,
+        session: SessionRun,
+        group: PatientGroup,
+        peer: Peer | None,
+        filters: dict[str, Callable[..., Any]],
+        work_dir: Path,
+    ) -> None:
+        from ..hooks import run_post_services, run_pre_services
+
+        ctx = self._context(session.session_id, peer)
+        self.observer.session_started(session)
+        pre = self._hook(store, session, ctx, "pre-services", run_pre_services)
+        history: dict[str, list[str]] = {}
+        if pre.failed:
+            session.kept_reason = "pre-services failed"
+        else:
+            for event, kind in _EVENTS:
+                jobs = self.manifest.jobs_for(event)
+                if not jobs:
+                    continue
+                if kind == "series":
+                    objects = store.list_series(session_id=session.session_id)
+                    session.series = len(objects)
+                elif kind == "study":
+                    objects = store.list_studies(session_id=session.session_id)
+                else:
+                    objects = store.list_patients(session_id=session.session_id)
+                for obj in objects:
+                    self._run_event(
+                        store, session, ctx, event, kind, obj, jobs, filters, history, work_dir
+                    )
+        if self.output_dir is not None:
+            target = self.output_dir / _safe_dir_name(group.label)
+            if target in self._exported:
+                target = self.output_dir / f"{_safe_dir_name(group.label)}-{session.session_id[:8]}"
+            self._exported.add(target)
+            files = export_session(store, session.session_id, target)
+            session.exported_to = str(target)
+            session.exported_files = [str(p) for p in files]
+            self.observer.message(
+                f"exported {len(files)} file(s) of session {session.session_id[:12]} to {target}"
+            )
+        if self.keep_session:
+            session.kept_reason = "--keep-session"
+        elif not session.ok and not self.cleanup_on_failure:
+            session.kept_reason = session.kept_reason or "a job failed: session kept for inspection"
+        if session.kept_reason is None:
+            post = self._hook(store, session, ctx, "post-services", run_post_services)
+            session.cleaned_up = post.status == SUCCEEDED
+        else:
+            logger.info("session %s kept (%s)", session.session_id, session.kept_reason)
+        self.observer.session_finished(session)
+
+    # ---------------------------------------------------------------- event
+    def _run_event(
+        self,
+        store: Store,
+        session: SessionRun,
+        ctx: RuntimeContext,
+        event: str,
+        kind: str,
+        headers: dict[str, Any],
+        jobs: list[JobSpec],
+        filters: dict[str, Callable[..., Any]],
+        history: dict[str, list[str]],
+        work_dir: Path,
+    ) -> None:
+        sid = session.session_id
+        label = _label(kind, headers)
+        object_id = str(headers.get("_id"))
+        added_params: dict[str, Any] = {}
+        scheduled: list[JobSpec] = []
+        for job in sorted(jobs, key=lambda j: (j.sort_position, j.index)):
+            func = filters.get(job.name)
+            if func is None:
+                added_params[job.name] = {}
+                scheduled.append(job)
+                continue
+            try:
+                with use_context(ctx.replace(job_event=event, job_name=job.name)):
+                    value = func(
+                        sid,
+                        job.name,
+                        copy.deepcopy(headers),
+                        copy.deepcopy(job.params),
+                        added_params,
+                    )
+                ok, extra = _filter_result(value, job.name)
+            except Exception as exc:
+                import traceback
+
+                run = JobRun(sid, job.name, event, kind, object_id, label, status="failed")
+                run.error = (
+                    f"registry callback {job.registry_entry!r} raised {type(exc).__name__}: {exc}"
+                )
+                run.traceback = traceback.format_exc()
+                run.reason = "registry callback failed"
+                session.jobs.append(run)
+                history.setdefault(job.name, []).append("failed")
+                self.observer.job_finished(run)
+                continue
+            if ok:
+                added_params[job.name] = extra
+                scheduled.append(job)
+            else:
+                session.not_scheduled.append(
+                    {"job_name": job.name, "event": event, "object": label}
+                )
+                logger.info(
+                    "job %s not scheduled for %s %s (registry callback returned false)",
+                    job.name,
+                    kind,
+                    label,
+                )
+        ordered = order_jobs(scheduled, event)
+        runs = []
+        for job in ordered:
+            record = store.create_job(
+                sid, job.name, event, service_name=self.manifest.name, params=job.params
+            )
+            runs.append(JobRun(sid, job.name, event, kind, object_id, label, job_id=record.id))
+        outcomes: dict[str, str] = {}
+        names = [j.name for j in scheduled]
+        for job, run in zip(ordered, runs, strict=True):
+            session.jobs.append(run)
+            reason = blocked_reason(
+                job,
+                event,
+                all_jobs=self._by_name,
+                scheduled=names,
+                outcomes=outcomes,
+                history=history,
+                object_kind=kind,
+            )
+            if reason is not None:
+                run.status, run.reason = "skipped", reason
+                run.finished_at = utcnow()
+                assert run.job_id is not None
+                store.update_job(
+                    run.job_id, status="skipped", error=reason, finished_at=run.finished_at
+                )
+                logger.info("job %s skipped for %s %s: %s", job.name, kind, label, reason)
+                self.observer.job_finished(run)
+            else:
+                self._execute(store, run, job, ctx, headers, added_params, work_dir)
+            outcomes[job.name] = run.status
+            history.setdefault(job.name, []).append(run.status)
+
+    def _execute(
+        self,
+        store: Store,
+        run: JobRun,
+        job: JobSpec,
+        ctx: RuntimeContext,
+        headers: dict[str, Any],
+        added_params: dict[str, Any],
+        work_dir: Path,
+    ) -> None:
+        assert run.job_id is not None
+        job_ctx = ctx.replace(job_id=run.job_id, job_event=run.event, job_name=job.name)
+        run.started_at = utcnow()
+        run.status = "running"
+        store.update_job(run.job_id, status="running", started_at=run.started_at)
+        self.observer.job_started(run)
+        spec = {
+            "entry": job.worker_entry,
+            "base_dir": str(self.manifest.module_dir),
+            "extra_paths": [str(self.manifest.root)],
+            "what": f"workerEntry of job {job.name!r}",
+            "args": [run.session_id, job.name, headers, job.params, added_params],
+            "kwargs": {
+                "job_id": run.job_id,
+                "event": run.event,
+                "service_id": self.manifest.name,
+                "db_provider": self.db_provider,
+                "db_url": self.db_url,
+                "db_name": self.db_name,
+            },
+            "log_level": self.job_log_level,
+        }
+
+        def poll(elapsed: float) -> None:
+            try:
+                run.progress = store.get_job(run.job_id).progress  # type: ignore[arg-type]
+            except DcmProcessorError:
+                return
+            self.observer.job_progress(run, run.progress, elapsed)
+
+        try:
+            outcome = run_job_process(
+                spec,
+                env=context_environ(job_ctx),
+                timeout=job.timeout,
+                timeout_text=job.timeout_text,
+                work_dir=work_dir,
+                name=f"{job.name}-{run.job_id[:8]}",
+                on_output=lambda line: self.observer.job_output(run, line),
+                on_poll=poll,
+                poll_interval=self.poll_interval,
+            )
+        except BaseException as exc:  # Ctrl-C: the job process was killed; say so in the store
+            with contextlib.suppress(Exception):
+                store.update_job(
+                    run.job_id,
+                    status="failed",
+                    finished_at=utcnow(),
+                    error=f"interrupted: {type(exc).__name__}",
+                )
+            raise
+        run.status = outcome.status
+        run.result = outcome.result
+        run.error = outcome.error
+        run.traceback = outcome.traceback
+        run.duration = outcome.duration
+        run.log_path = str(outcome.log_path) if outcome.log_path else None
+        run.finished_at = utcnow()
+        detail = outcome.traceback or outcome.error
+        if outcome.status != SUCCEEDED and outcome.output_tail and not outcome.traceback:
+            detail = f"{outcome.error}\n--- output tail ---\n" + "\n".join(
+                outcome.output_tail[-20:]
+            )
+        record = store.update_job(
+            run.job_id,
+            status=run.status,
+            finished_at=run.finished_at,
+            error=detail[-ERROR_TAIL:] if detail else None,
+        )
+        run.progress = record.progress
+        logger.info(
+            "job %s (%s %s) %s in %.1fs%s",
+            job.name,
+            run.object_kind,
+            run.object_label,
+            run.status,
+            run.duration,
+            f": {run.error}" if run.error else "",
+        )
+        self.observer.job_finished(run)
+
+
+def run_service(
+    manifest: ServiceManifest,
+    inputs: Sequence[str | os.PathLike[str]],
+    **options: Any,
+) -> RunReport:
+    """Run ``manifest``'s jobs on ``inputs``; ``options`` are :class:`Runner`'s."""
+    return Runner(manifest, **options).run(inputs)
