@@ -33,6 +33,7 @@ from ._errors import (
     TLSError,
     UnknownProviderError,
 )
+from ._lazy import lazy_attributes
 from ._runtime import close_stores, store_for
 from .hooks import run_post_services, run_pre_services
 from .peers import add_peer, get_dicom_sender, get_peer, list_peers, remove_peer
@@ -108,19 +109,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __version__ = "0.1.0"
