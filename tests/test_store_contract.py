@@ -261,3 +261,12 @@ def test_delete_session_instances_prunes_empty_records(store: Store) -> None:
         store.get_patient("P1")
     assert store.get_patient("P2")["Studies"]
     assert store.delete_session_instances("s1") == 0
+
+
+def test_reingest_without_session_keeps_the_recorded_session(store: Store) -> None:
+    store.put_instance(_instance("5.1", session_id="s1", peer_id="pe"), io.BytesIO(b"a"))
+    again = store.put_instance(_instance("5.1"), io.BytesIO(b"b"))
+    assert (again["SessionUID"], again["PeerUID"]) == ("s1", "pe")
+    moved = store.put_instance(_instance("5.1", session_id="s2"), io.BytesIO(b"c"))
+    assert moved["SessionUID"] == "s2"
+    assert store.delete_session_instances("s2") == 1

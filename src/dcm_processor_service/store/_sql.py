@@ -110,7 +110,7 @@ def _ts(value: str | None) -> datetime | None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str, allow_nan=False)
 
 
 class Tx(abc.ABC):
@@ -631,7 +631,13 @@ class SQLStore(Store):
 
         def upsert(tx: Tx, table: str, key_col: str, key: str, cols: dict[str, Any]) -> str:
             names = [key_col, *cols]
-            updates = ", ".join(f"{c} = excluded.{c}" for c in cols)
+            # a re-ingest without a peer/session keeps the ones already recorded
+            updates = ", ".join(
+                f"{c} = COALESCE(excluded.{c}, {table}.{c})"
+                if c in ("peer_id", "session_id")
+                else f"{c} = excluded.{c}"
+                for c in cols
+            )
             row = tx.one(
                 f"INSERT INTO {table} (id, {', '.join(names)}, created_at, updated_at)"
                 f" VALUES (?, {', '.join('?' for _ in names)}, ?, ?)"

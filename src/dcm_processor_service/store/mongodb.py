@@ -1341,8 +1341,11 @@ class MongoStore(Store):
             "TransferSyntaxUID": inp.transfer_syntax_uid,
             "Modality": inp.modality,
             "Metadata": instance_meta,
-            "PeerUID": inp.peer_id,
-            "SessionUID": inp.session_id,
+            # a re-ingest without a peer/session keeps the ones already recorded
+            "PeerUID": inp.peer_id if inp.peer_id is not None else prev_meta.get("PeerUID"),
+            "SessionUID": (
+                inp.session_id if inp.session_id is not None else prev_meta.get("SessionUID")
+            ),
             "CreatedAt": (_aware(prev_meta.get("CreatedAt")) or now) if prev else now,
         }
         # bytes first, then the records that reference them (bottom-up, so a series
