@@ -25,7 +25,8 @@ from ._context import RuntimeContext, current_context
 from ._errors import InvalidInputError, NotFoundError
 from ._runtime import store_for
 from ._validation import validate_name
-from .store.base import CHUNK_SIZE, JobRef, Store
+from .store.base import JobRef, Store
+from .store.blobs import pump
 from .store.records import FileRecord
 
 __all__ = [
@@ -181,8 +182,7 @@ class JobSession:
         if filename is None:
             buffer = io.BytesIO()
             with self.store.open_file(record) as reader:
-                while chunk := reader.read(CHUNK_SIZE):
-                    buffer.write(chunk)
+                pump(reader, buffer.write)
             buffer.seek(0)
             return buffer
         target = Path(filename)
@@ -193,8 +193,7 @@ class JobSession:
         part = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
             with self.store.open_file(record) as reader, open(part, "wb") as out:
-                while chunk := reader.read(CHUNK_SIZE):
-                    out.write(chunk)
+                pump(reader, out.write)
             os.replace(part, target)
         except BaseException:
             with contextlib.suppress(OSError):

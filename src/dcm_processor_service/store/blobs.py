@@ -24,14 +24,23 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .._errors import IntegrityError, InvalidInputError, NotFoundError, StoreUnavailableError
 from .base import CHUNK_SIZE
 
-__all__ = ["BlobInfo", "BlobStore", "DirectoryBlobStore", "VerifyingReader", "copy_stream"]
+__all__ = [
+    "COPY_BUFFER",
+    "BlobInfo",
+    "BlobStore",
+    "DirectoryBlobStore",
+    "VerifyingReader",
+    "copy_stream",
+    "pump",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +71,17 @@ class VerifyingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        if not data:
+        raw_readinto = getattr(self._raw, "readinto", None)
+        if raw_readinto is not None:
+            n = raw_readinto(buffer) or 0
+        else:
+            data = self._raw.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        if not n:
             self._verify()
             return 0
-        n = len(data)
-        buffer[:n] = data
-        self._hash.update(data)
+        self._hash.update(memoryview(buffer)[:n])
         self._seen += n
         if self._seen > self._expected_size:
             self._verify()
@@ -96,23 +109,74 @@ class VerifyingReader(io.RawIOBase):
         super().close()
 
 
-def copy_stream(source: BinaryIO, write: object, chunk_size: int = CHUNK_SIZE) -> tuple[int, str]:
-    """Copy ``source`` chunk by chunk to the callable ``write``; return (size, sha256)."""
+#: Buffer size for copying streams into files (one reused buffer).
+COPY_BUFFER = 4 * 1024 * 1024
+
+
+def copy_stream(source: BinaryIO, write: Any, chunk_size: int = CHUNK_SIZE) -> tuple[int, str]:
+    """Copy ``source`` to the callable ``write`` (which receives memoryviews); return
+    (size, sha256).
+
+    Reads into two reused buffers (``readinto``) when the source has it. Once a stream
+    turns out to be larger than one chunk, the sha256 of each chunk is computed in a
+    helper thread while the chunk is written (hashlib releases the GIL), so hashing
+    costs little extra wall time on large files. Memory stays at two chunks whatever
+    the size.
+    """
     digest = hashlib.sha256()
-    size = 0
-    read = source.read
-    while True:
-        chunk = read(chunk_size)
-        if not chunk:
-            break
-        if not isinstance(chunk, (bytes, bytearray, memoryview)):
-            raise InvalidInputError(
-                f"file source must be a binary stream, its read() returned {type(chunk).__name__}"
-            )
-        digest.update(chunk)
-        write(chunk)  # type: ignore[operator]
-        size += len(chunk)
+    readinto = getattr(source, "readinto", None)
+    buffers = [bytearray(chunk_size)] if readinto is not None else []
+    hasher: ThreadPoolExecutor | None = None
+    pending: Future[None] | None = None
+    size = k = 0
+    try:
+        while True:
+            if readinto is not None:
+                n = readinto(buffers[k]) or 0
+                view = memoryview(buffers[k])[:n]
+            else:
+                chunk = source.read(chunk_size)
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise InvalidInputError(
+                        f"file source must be a binary stream, its read() returned {type(chunk).__name__}"
+                    )
+                n, view = len(chunk), memoryview(chunk)
+            if pending is not None:
+                pending.result()
+                pending = None
+            if not n:
+                break
+            if hasher is None and n == chunk_size:
+                # more is likely to come: overlap hashing with writing from here on
+                hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+                if readinto is not None:
+                    buffers.append(bytearray(chunk_size))
+            if hasher is not None:
+                pending = hasher.submit(digest.update, view)
+            else:
+                digest.update(view)
+            write(view)
+            size += n
+            if hasher is not None and readinto is not None:
+                k ^= 1
+    finally:
+        if pending is not None:
+            pending.cancel()
+        if hasher is not None:
+            hasher.shutdown(wait=True)
     return size, digest.hexdigest()
+
+
+def pump(reader: BinaryIO, write: Any, chunk_size: int = COPY_BUFFER) -> int:
+    """Copy ``reader`` to the callable ``write`` through one reused buffer; return the
+    number of bytes. Used to stream a (verifying) reader into a file."""
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    total = 0
+    while n := reader.readinto(buffer):  # type: ignore[attr-defined]
+        write(view[:n])
+        total += n
+    return total
 
 
 class BlobStore(abc.ABC):
@@ -154,7 +218,7 @@ class DirectoryBlobStore(BlobStore):
         key = uuid.uuid4().hex
         part = self._tmp / f"{key}.part"
         try:
-            with open(part, "wb", buffering=0) as out:
+            with open(part, "wb") as out:
                 size, sha = copy_stream(source, out.write)
                 if self.fsync:
                     os.fsync(out.fileno())
@@ -171,7 +235,7 @@ class DirectoryBlobStore(BlobStore):
 
     def open(self, info: BlobInfo, what: str) -> BinaryIO:
         try:
-            raw = open(self.path(info.key), "rb")  # noqa: SIM115 - closed by the reader
+            raw = open(self.path(info.key), "rb", buffering=0)  # noqa: SIM115 - closed by the reader
         except FileNotFoundError:
             raise NotFoundError(
                 f"{what}: stored bytes are missing ({self.path(info.key)})"

@@ -482,7 +482,7 @@ class GridFSBlobStore(BlobStore):
                 file_id or ObjectId(), filename, metadata=metadata
             )
             try:
-                _size, sha256 = copy_stream(source, grid_in.write)
+                _size, sha256 = copy_stream(source, lambda view: grid_in.write(bytes(view)))
                 grid_in.set("metadata", {**metadata, checksum_field: sha256})
                 grid_in.close()
             except BaseException:

@@ -1,0 +1,375 @@
+"""Blobs kept inside PostgreSQL as chunked ``bytea`` rows.
+
+Why chunked rows and not large objects: rows are ordinary MVCC data (they are dumped,
+replicated, dropped with the database and visible to ``pg_dump --table``), they need no
+``lo_unlink`` bookkeeping (large objects leak when a referencing row is deleted without
+it), they work through connection poolers, and each chunk is an independent, idempotent
+``INSERT ... ON CONFLICT`` - so an upload survives a dropped connection by re-sending
+the one chunk it holds (memory stays at one chunk) instead of restarting the stream.
+Large objects would also need one long transaction per upload.
+
+Layout::
+
+    blobs(key PK, size, sha256, chunks, complete, created_at)
+    blob_chunks(key, seq, data bytea STORAGE EXTERNAL, PK (key, seq))
+
+``data`` is ``STORAGE EXTERNAL`` (out of line, not compressed): DICOM pixel data and
+NIfTI files are usually compressed already, and pglz would cost CPU for little gain.
+
+Writing: a ``blobs`` row with ``complete = false`` is inserted first, then one
+transaction per ~1 MiB chunk, then the row is switched to ``complete = true`` with its
+size and sha256. Only complete blobs can be opened, and records only point at a blob
+after it is complete, so a reader never sees a partial blob. Incomplete blobs left by a
+crashed writer (and, on an explicit ``migrate()``, complete blobs no record points at)
+are removed by :meth:`PostgresBlobStore.sweep` once they are old enough.
+
+Reading: a blob of one chunk is read with one query. A larger blob is streamed chunk by
+chunk from a ``REPEATABLE READ`` snapshot on a connection of its own, so a reader that
+is in the middle of a file keeps reading the version it opened even if a writer replaces
+the file and deletes the old blob meanwhile (the same guarantee an unlinked-but-open
+file gives on POSIX). Memory stays at one chunk in both directions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, TypeVar
+
+from .._errors import InvalidInputError, NotFoundError, StorageError, StoreUnavailableError
+from ._sql import Tx
+from .base import CHUNK_SIZE
+from .blobs import BlobInfo, BlobStore, VerifyingReader
+
+__all__ = ["BLOB_SCHEMA", "PostgresBlobStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Versioned schema of the blob tables (component ``postgresql-blobs``).
+BLOB_SCHEMA: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE IF NOT EXISTS blobs (
+                key TEXT PRIMARY KEY, size BIGINT, sha256 TEXT, chunks INTEGER,
+                complete BOOLEAN NOT NULL DEFAULT false,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+            "CREATE INDEX IF NOT EXISTS blobs_incomplete ON blobs (created_at) WHERE NOT complete",
+            """CREATE TABLE IF NOT EXISTS blob_chunks (
+                key TEXT NOT NULL, seq INTEGER NOT NULL, data BYTEA NOT NULL,
+                PRIMARY KEY (key, seq))""",
+            "ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+        ],
+    ),
+]
+
+#: ``run(work, write=...)``: a unit of work in a retried transaction (``SQLStore._run``).
+Runner = Callable[..., Any]
+
+
+class PostgresBlobStore(BlobStore):
+    """:class:`BlobStore` over the ``blobs``/``blob_chunks`` tables.
+
+    ``run`` runs a unit of work in a pooled, retried transaction; ``connect`` opens a
+    dedicated connection (for snapshot reads of multi-chunk blobs); ``describe`` names
+    the store in messages; ``referenced_by`` lists the ``(table, column)`` pairs whose
+    values are blob keys (for the orphan sweep).
+    """
+
+    def __init__(
+        self,
+        run: Runner,
+        connect: Callable[[], Any],
+        describe: Callable[[], str],
+        *,
+        referenced_by: Sequence[tuple[str, str]] = (),
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self._run = run
+        self._connect = connect
+        self._describe = describe
+        self._referenced_by = tuple(referenced_by)
+        self.chunk_size = chunk_size
+
+    # ----------------------------------------------------------------- write
+    def write(self, source: BinaryIO) -> BlobInfo:
+        key = uuid.uuid4().hex
+        self._run(
+            lambda tx: tx.execute(
+                "INSERT INTO blobs (key, complete, created_at) VALUES (?, false, now())", (key,)
+            )
+        )
+        sender: ThreadPoolExecutor | None = None
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            seq = 0
+            pending: Future[None] | None = None
+            for chunk in _chunks(source, self.chunk_size):
+                # overlap: chunk n is sent by the helper thread while chunk n+1 is read
+                # and hashed here (at most two chunks in memory)
+                digest.update(chunk)
+                size += len(chunk)
+                if pending is not None:
+                    pending.result()
+                if sender is None:
+                    sender = ThreadPoolExecutor(1, thread_name_prefix="dcm-blob-upload")
+                pending = sender.submit(self._put_chunk, key, seq, chunk)
+                seq += 1
+            if pending is not None:
+                pending.result()
+            sha = digest.hexdigest()
+            self._run(
+                lambda tx: tx.execute(
+                    "UPDATE blobs SET size = ?, sha256 = ?, chunks = ?, complete = true"
+                    " WHERE key = ?",
+                    (size, sha, seq, key),
+                )
+            )
+        except BaseException:
+            if sender is not None:
+                sender.shutdown(wait=True, cancel_futures=True)
+                sender = None
+            with contextlib.suppress(Exception):
+                self.delete(key)
+            raise
+        finally:
+            if sender is not None:
+                sender.shutdown(wait=True)
+        return BlobInfo(key, size, sha)
+
+    def _put_chunk(self, key: str, seq: int, chunk: bytes) -> None:
+        # idempotent: a retry after a connection dropped during COMMIT rewrites the row
+        self._run(
+            lambda tx: tx.execute(
+                "INSERT INTO blob_chunks (key, seq, data) VALUES (?, ?, ?)"
+                " ON CONFLICT (key, seq) DO UPDATE SET data = excluded.data",
+                (key, seq, chunk),
+            )
+        )
+
+    # ------------------------------------------------------------------ read
+    def open(self, info: BlobInfo, what: str) -> BinaryIO:
+        raw: io.RawIOBase | BinaryIO
+        if info.size <= self.chunk_size:
+            row = self._run(
+                lambda tx: tx.one(
+                    "SELECT b.complete, b.chunks, c.data FROM blobs b LEFT JOIN blob_chunks c"
+                    " ON c.key = b.key AND c.seq = 0 WHERE b.key = ?",
+                    (info.key,),
+                ),
+                write=False,
+            )
+            if row is None or not row["complete"]:
+                raise NotFoundError(
+                    f"{what}: stored bytes are missing (blob {info.key} in {self._describe()})"
+                )
+            if (row["chunks"] or 0) <= 1:
+                raw = io.BytesIO(row["data"] or b"")
+            else:  # written with a smaller chunk size: stream it
+                raw = _SnapshotReader(self._connect, info.key, what, self._describe)
+        else:
+            raw = _SnapshotReader(self._connect, info.key, what, self._describe)
+        reader = VerifyingReader(raw, info.size, info.sha256, what)  # type: ignore[arg-type]
+        return io.BufferedReader(reader, self.chunk_size)
+
+    # ---------------------------------------------------------------- delete
+    def delete(self, key: str) -> None:
+        def work(tx: Tx) -> None:
+            tx.execute("DELETE FROM blob_chunks WHERE key = ?", (key,))
+            tx.execute("DELETE FROM blobs WHERE key = ?", (key,))
+
+        self._run(work)
+
+    def overwrite_for_test(self, key: str, content: bytes) -> None:
+        """Replace a blob's bytes behind its recorded size and sha256 (tests use it to
+        simulate corruption; the next read must fail with IntegrityError)."""
+        pieces = [content[i : i + self.chunk_size] for i in range(0, len(content), self.chunk_size)]
+
+        def work(tx: Tx) -> None:
+            tx.execute("DELETE FROM blob_chunks WHERE key = ?", (key,))
+            for seq, piece in enumerate(pieces):
+                tx.execute(
+                    "INSERT INTO blob_chunks (key, seq, data) VALUES (?, ?, ?)", (key, seq, piece)
+                )
+            tx.execute("UPDATE blobs SET chunks = ? WHERE key = ?", (len(pieces), key))
+
+        self._run(work)
+
+    def sweep(self, tx: Tx, older_than_s: float = 24 * 3600, *, orphans: bool = False) -> int:
+        """Delete blobs older than ``older_than_s`` that are incomplete (a writer
+        crashed) or, with ``orphans``, that no record points at (a writer crashed between
+        writing the blob and switching the record, or two first writers of the same name
+        raced). Runs in the caller's transaction ``tx``; returns how many were removed."""
+        condition = "NOT complete"
+        if orphans and self._referenced_by:
+            unreferenced = " AND ".join(
+                f"NOT EXISTS (SELECT 1 FROM {table} r WHERE r.{column} = b.key)"
+                for table, column in self._referenced_by
+            )
+            condition = f"(NOT complete OR ({unreferenced}))"
+        rows = tx.query(
+            f"DELETE FROM blobs b WHERE created_at < now() - make_interval(secs => ?)"
+            f" AND {condition} RETURNING key",
+            (float(older_than_s),),
+        )
+        keys = [r["key"] for r in rows]
+        if keys:
+            tx.execute("DELETE FROM blob_chunks WHERE key = ANY(?)", (keys,))
+            logger.info(
+                "%s: removed %d incomplete or unreferenced blob(s)", self._describe(), len(keys)
+            )
+        return len(keys)
+
+
+def _chunks(source: BinaryIO, size: int) -> Any:
+    """Yield ``size``-byte chunks (the last may be shorter) from ``source``, coalescing
+    short reads so a pipe or socket source does not produce thousands of tiny rows."""
+    read = source.read
+    buffer = bytearray()
+    while True:
+        data = read(size - len(buffer))
+        if not data:
+            break
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInputError(
+                f"file source must be a binary stream, its read() returned {type(data).__name__}"
+            )
+        if not buffer and len(data) == size:
+            yield bytes(data)
+            continue
+        buffer += data
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+class _SnapshotReader(io.RawIOBase):
+    """Streams a blob's chunks from one ``REPEATABLE READ READ ONLY`` snapshot on a
+    dedicated connection, closed as soon as the last chunk is read (or on close).
+
+    While the caller consumes chunk n, a helper thread already fetches chunk n+1 (at
+    most two chunks in memory), so network transfer overlaps hashing and writing."""
+
+    def __init__(
+        self, connect: Callable[[], Any], key: str, what: str, describe: Callable[[], str]
+    ) -> None:
+        super().__init__()
+        self._key = key
+        self._what = what
+        self._describe = describe
+        self._seq = 0
+        self._chunk = b""
+        self._pos = 0
+        self._next: Future[bytes | None] | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
+        self._conn: Any = connect()
+        try:
+            self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = self._conn.execute(
+                "SELECT complete, chunks FROM blobs WHERE key = %s", (key,)
+            ).fetchone()
+        except Exception as exc:
+            self._finish()
+            raise self._error(exc) from exc
+        if row is None or not row[0]:
+            self._finish()
+            raise NotFoundError(f"{what}: stored bytes are missing (blob {key} in {describe()})")
+        self._chunks = int(row[1] or 0)
+        if self._chunks > 1:
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="dcm-blob-read")
+        self._prefetch()
+
+    def _error(self, exc: BaseException) -> StorageError:
+        return StoreUnavailableError(
+            f"{self._what}: reading from {self._describe()} failed: {type(exc).__name__}: {exc}"
+        )
+
+    def _finish(self) -> None:
+        fetcher, self._fetcher = self._fetcher, None
+        if fetcher is not None:
+            fetcher.shutdown(wait=True, cancel_futures=True)
+        self._next = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _fetch(self, seq: int) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT data FROM blob_chunks WHERE key = %s AND seq = %s",
+            (self._key, seq),
+            binary=True,
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _prefetch(self) -> None:
+        """Start fetching chunk ``self._seq`` (in the helper thread when there is one)."""
+        if self._seq >= self._chunks or self._conn is None:
+            self._next = None
+            return
+        if self._fetcher is not None:
+            self._next = self._fetcher.submit(self._fetch, self._seq)
+        else:
+            done: Future[bytes | None] = Future()
+            try:
+                done.set_result(self._fetch(self._seq))
+            except Exception as exc:
+                done.set_exception(exc)
+            self._next = done
+
+    def _next_chunk(self) -> bool:
+        if self._next is None:
+            self._finish()
+            return False
+        try:
+            data = self._next.result()
+        except Exception as exc:
+            self._finish()
+            raise self._error(exc) from exc
+        if data is None:  # damaged: VerifyingReader reports the size mismatch
+            self._finish()
+            return False
+        self._seq += 1
+        self._chunk = data
+        self._pos = 0
+        self._prefetch()
+        if self._next is None:  # that was the last chunk: end the snapshot now
+            self._finish()
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        while self._pos >= len(self._chunk):
+            if not self._next_chunk():
+                return b""
+        if self._pos == 0 and size >= len(self._chunk):
+            self._pos = len(self._chunk)
+            return self._chunk  # the whole chunk, no copy
+        end = min(self._pos + size, len(self._chunk))
+        data = bytes(memoryview(self._chunk)[self._pos : end])
+        self._pos = end
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        self._finish()
+        super().close()
