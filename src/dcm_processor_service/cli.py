@@ -22,6 +22,7 @@ See ``docs/runner.md`` for the reference.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -122,18 +123,41 @@ def _restore_logging() -> None:
     _saved_levels.clear()
 
 
-def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+def _common(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``-v``/``--json`` and hand the command ``settings`` (logging configured)."""
+
+    @functools.wraps(inner)
+    def command(*args: Any, verbose: int, json_out: bool, **kwargs: Any) -> Any:
+        return inner(*args, settings=_setup(verbose, json_out), **kwargs)
+
     func = click.option(
         "--json", "json_out", is_flag=True, help="Print the result as JSON on stdout."
-    )(func)
+    )(command)
     func = click.option(
         "-v", "--verbose", count=True, help="More output: -v info and job output, -vv debug."
     )(func)
     return func
 
 
-def _store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--db-name", default=None, help="Database name (provider-specific).")(func)
+def _store_options(inner: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--store``/``--db-*`` and hand the command one ``store_spec``."""
+
+    @functools.wraps(inner)
+    def command(
+        *args: Any,
+        store_dir: str,
+        db_provider: str | None,
+        db_url: str | None,
+        db_name: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return inner(
+            *args, store_spec=_store_spec(store_dir, db_provider, db_url, db_name), **kwargs
+        )
+
+    func = click.option("--db-name", default=None, help="Database name (provider-specific).")(
+        command
+    )
     func = click.option(
         "--db-url",
         default=None,
@@ -705,12 +729,8 @@ def run(
     event: str | None,
     job_name: str | None,
     timeout: str | None,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Run SERVICE on INPUT DICOM (folders, files, DICOMDIRs) as the platform would.
 
@@ -721,8 +741,7 @@ def run(
     with the platform's DCM-PROCESSOR-SERVICE-* variables. Exit code 1 when a job
     failed or timed out.
     """
-    settings = _setup(verbose, json_out)
-    spec = _store_spec(store_dir, db_provider, db_url, db_name)
+    spec = store_spec
     manifest = _load_service(service, event=event, job_name=job_name, timeout=timeout)
     return _execute_run(
         manifest,
@@ -765,12 +784,11 @@ def _example_service() -> Path | None:
 @click.option("--seed", default=0, show_default=True, help="Noise seed.")
 @_common
 def demo_data(
-    out: str, slices: int, size: int, patients: int, seed: int, verbose: int, json_out: bool
+    out: str, slices: int, size: int, patients: int, seed: int, settings: _Settings
 ) -> int:
     """Write a synthetic CT series (a bright sphere in a water cylinder) to OUT."""
     from .runner.sample_data import make_sample_data
 
-    settings = _setup(verbose, json_out)
     if slices < 1 or size < 8 or patients < 1:
         raise click.BadParameter("need --slices >= 1, --size >= 8, --patients >= 1")
     paths = make_sample_data(out, patients=patients, slices=slices, size=size, seed=seed)
@@ -821,12 +839,8 @@ def demo(
     peer: str | None,
     peer_address: str | None,
     keep_session: bool,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """The README's main job in one go: generate a synthetic CT into OUT/input, run
     the example threshold service on it (embedded store), export the results to
@@ -834,7 +848,6 @@ def demo(
     from .runner.manifest import load_manifest
     from .runner.sample_data import make_sample_data
 
-    settings = _setup(verbose, json_out)
     service = Path(service_dir) if service_dir else _example_service()
     if service is None:
         raise ServiceError(
@@ -848,7 +861,7 @@ def demo(
     paths = make_sample_data(input_dir)
     if not settings.json:
         _err(f"wrote a synthetic CT ({len(paths)} slices) to {input_dir}")
-    spec = _store_spec(store_dir, db_provider, db_url, db_name)
+    spec = store_spec
     manifest = load_manifest(service)
     code = _execute_run(
         manifest,
@@ -891,19 +904,14 @@ def ingest(
     inputs: tuple[str, ...],
     peer: str | None,
     session_id: str | None,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """File DICOM INPUT (folders, files, DICOMDIRs) into the store's index."""
     from .dicom.index import IngestReport, iter_ingest
     from .runner.inputs import expand_inputs
 
-    settings = _setup(verbose, json_out)
-    spec = _store_spec(store_dir, db_provider, db_url, db_name)
+    spec = store_spec
     files = expand_inputs(inputs)
     console = _Console(
         sys.stderr, show_output=False, enabled=not settings.json or sys.stderr.isatty()
@@ -988,18 +996,13 @@ def peers_add(
     ca_file: str | None,
     allow_aet: tuple[str, ...],
     allow_ip: tuple[str, ...],
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Add peer NAME (AE title AET at HOST:PORT), or update the peer of that name."""
     from .peers import add_peer
 
-    settings = _setup(verbose, json_out)
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         saved = add_peer(
             name,
             aet,
@@ -1026,16 +1029,11 @@ def peers_add(
 @_store_options
 @_common
 def peers_list(
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """List the peers of the store."""
-    settings = _setup(verbose, json_out)
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         items = store.list_peers()
     if settings.json:
         _print_json([p.to_dict() for p in items])
@@ -1057,16 +1055,11 @@ def peers_list(
 @_common
 def peers_remove(
     name: str,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Remove peer NAME."""
-    settings = _setup(verbose, json_out)
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         removed = store.remove_peer(name)
     if not removed:
         raise NotFoundError(f"peer {name!r} not found")
@@ -1089,16 +1082,11 @@ def _sender_for(peer: Any) -> Any:
 @_common
 def peers_echo(
     name: str,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Check that peer NAME answers (DICOM C-ECHO)."""
-    settings = _setup(verbose, json_out)
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         peer = store.get_peer(name)
     result = _sender_for(peer).send_echo()
     ok = bool(result)
@@ -1135,22 +1123,17 @@ def send(
     peer: str,
     paths: tuple[str, ...],
     series_ids: tuple[str, ...],
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
     from .dicom.series import get_series_dicom
     from .runner.inputs import expand_inputs
 
-    settings = _setup(verbose, json_out)
     if not paths and not series_ids:
         raise click.UsageError("give files or folders to send, or --series ID")
     reports = []
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         target = store.get_peer(peer)
         sender = _sender_for(target)
         datasets = [
@@ -1209,13 +1192,11 @@ def convert(
     modality: str,
     description: str,
     reference: str | None,
-    verbose: int,
-    json_out: bool,
+    settings: _Settings,
 ) -> int:
     """Convert SOURCE to TARGET: a DICOM series (folder or files) to a NIfTI file
     (TARGET ends with .nii or .nii.gz; a JSON sidecar is written beside it), or a NIfTI
     file to a DICOM series in folder TARGET."""
-    settings = _setup(verbose, json_out)
     if _is_nifti(source):
         import nibabel as nib
 
@@ -1279,17 +1260,12 @@ def _find_session(store: Any, prefix: str) -> Any:
 @_store_options
 @_common
 def sessions_list(
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """List the sessions of the store."""
-    settings = _setup(verbose, json_out)
     rows, data = [], []
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         for s in store.list_sessions():
             jobs = store.list_jobs(s.id)
             failed = sum(1 for j in jobs if j.status in ("failed", "timed-out"))
@@ -1329,16 +1305,11 @@ def sessions_list(
 @_common
 def sessions_show(
     session_id: str,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Show a session (id or unique prefix): its jobs, data keys and files."""
-    settings = _setup(verbose, json_out)
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         s = _find_session(store, session_id)
         jobs = store.list_jobs(s.id)
         values = store.list_data(s.id)
@@ -1441,21 +1412,16 @@ def sessions_show(
 def sessions_clean(
     session_ids: tuple[str, ...],
     clean_all: bool,
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Run the post-services clean-up on sessions (their data, files, images, jobs)."""
     from .hooks import run_post_services
 
-    settings = _setup(verbose, json_out)
     if not session_ids and not clean_all:
         raise click.UsageError("name sessions to clean, or --all")
     results = {}
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         targets = (
             [s.id for s in store.list_sessions()]
             if clean_all
@@ -1483,16 +1449,11 @@ def db() -> None:
 @_store_options
 @_common
 def db_init(
-    store_dir: str,
-    db_provider: str | None,
-    db_url: str | None,
-    db_name: str | None,
-    verbose: int,
-    json_out: bool,
+    store_spec: _StoreSpec,
+    settings: _Settings,
 ) -> int:
     """Create (or upgrade) the store's schema."""
-    settings = _setup(verbose, json_out)
-    with _store_spec(store_dir, db_provider, db_url, db_name).open() as store:
+    with store_spec.open() as store:
         version = store.migrate()
         where = store.describe()
     if settings.json:
