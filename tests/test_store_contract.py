@@ -270,3 +270,20 @@ def test_reingest_without_session_keeps_the_recorded_session(store: Store) -> No
     moved = store.put_instance(_instance("5.1", session_id="s2"), io.BytesIO(b"c"))
     assert moved["SessionUID"] == "s2"
     assert store.delete_session_instances("s2") == 1
+
+
+def test_instance_moved_to_another_series_leaves_no_empty_records(store: Store) -> None:
+    store.put_instance(
+        _instance("6.1", series="6.6.1", study="6.6", patient="P6"), io.BytesIO(b"a")
+    )
+    store.put_instance(
+        _instance("6.1", series="7.7.1", study="7.7", patient="P7"), io.BytesIO(b"b")
+    )
+    for getter, key in (
+        (store.get_series, "6.6.1"),
+        (store.get_study, "6.6"),
+        (store.get_patient, "P6"),
+    ):
+        with pytest.raises(NotFoundError):
+            getter(key)
+    assert [i["SOPInstanceUID"] for i in store.list_instances("7.7.1")] == ["6.1"]

@@ -676,7 +676,7 @@ class SQLStore(Store):
                 },
             )
             old = tx.one(
-                "SELECT blob_key FROM instances WHERE sop_uid = ?" + self.for_update,
+                "SELECT blob_key, series_id FROM instances WHERE sop_uid = ?" + self.for_update,
                 (inp.sop_instance_uid,),
             )
             upsert(
@@ -696,6 +696,9 @@ class SQLStore(Store):
                     "session_id": inp.session_id,
                 },
             )
+            if old and old["series_id"] != series_id:
+                # the instance moved to another series: drop what it left empty
+                self._prune_empty(tx, [old["series_id"]])
             row = tx.one("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
             return self._instance(row, inp.series_instance_uid), (old["blob_key"] if old else None)  # type: ignore[arg-type]
 
@@ -949,21 +952,38 @@ class SQLStore(Store):
 
     def delete_session_instances(self, session_id: str) -> int:
         def work(tx: Tx) -> list[str]:
-            rows = tx.query("SELECT blob_key FROM instances WHERE session_id = ?", (session_id,))
+            rows = tx.query(
+                "SELECT blob_key, series_id FROM instances WHERE session_id = ?", (session_id,)
+            )
             tx.execute("DELETE FROM instances WHERE session_id = ?", (session_id,))
-            tx.execute(
-                "DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM instances)"
-            )
-            tx.execute("DELETE FROM studies WHERE id NOT IN (SELECT DISTINCT study_id FROM series)")
-            tx.execute(
-                "DELETE FROM patients WHERE id NOT IN (SELECT DISTINCT patient_id FROM studies)"
-            )
+            self._prune_empty(tx, sorted({r["series_id"] for r in rows}))
             return [r["blob_key"] for r in rows]
 
         keys = self._run(work)
         for key in keys:
             self.blobs.delete(key)
         return len(keys)
+
+    @staticmethod
+    def _prune_empty(tx: Tx, series_ids: Sequence[str]) -> None:
+        """Delete those series that have no instance left, then their studies and
+        patients left without children."""
+        for series_id in series_ids:
+            parents = tx.one("SELECT study_id, patient_id FROM series WHERE id = ?", (series_id,))
+            if parents is None or tx.one(
+                "SELECT 1 AS x FROM instances WHERE series_id = ? LIMIT 1", (series_id,)
+            ):
+                continue
+            tx.execute("DELETE FROM series WHERE id = ?", (series_id,))
+            if tx.one(
+                "SELECT 1 AS x FROM series WHERE study_id = ? LIMIT 1", (parents["study_id"],)
+            ):
+                continue
+            tx.execute("DELETE FROM studies WHERE id = ?", (parents["study_id"],))
+            if not tx.one(
+                "SELECT 1 AS x FROM studies WHERE patient_id = ? LIMIT 1", (parents["patient_id"],)
+            ):
+                tx.execute("DELETE FROM patients WHERE id = ?", (parents["patient_id"],))
 
 
 def _instance_order(record: dict[str, Any]) -> tuple[Any, ...]:

@@ -1426,7 +1426,8 @@ class MongoStore(Store):
     def _unlink_superseded(self, versions: list[dict[str, Any]]) -> None:
         """After a re-ingest (``versions`` newest first, the rest already deleted): drop
         the ids of superseded versions that no longer exist (a concurrent first ingest of
-        the same SOPInstanceUID) and the instance's id from a series it left."""
+        the same SOPInstanceUID) and the instance's id from a series it left, deleting
+        records that this leaves empty."""
         kept_id = self._instance_id(versions[0])
         kept_series = (versions[0].get("metadata") or {}).get("SeriesInstanceUID")
         pulls: dict[str, set[str]] = {}
@@ -1436,15 +1437,8 @@ class MongoStore(Store):
             if series_uid and (iid != kept_id or series_uid != kept_series):
                 pulls.setdefault(series_uid, set()).add(iid)
 
-        def work(db: Any) -> None:
-            for series_uid, ids in pulls.items():
-                db.series.update_one(
-                    {"SeriesInstanceUID": series_uid},
-                    {"$pull": {"Instances": {"$in": sorted(ids)}}},
-                )
-
         if pulls:
-            self._run(work)
+            self._run(lambda db: self._prune(db, pulls))
 
     def _resolve_instances(self, db: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The newest GridFS file of each instance id (by ``metadata.instanceId``, or by
