@@ -8,23 +8,7 @@ import pytest
 
 import dcm_processor_service as dps
 from dcm_processor_service import NotFoundError, use_context
-from dcm_processor_service.store import InstanceInput
-
-
-def _instance(sop: str, session_id: str) -> InstanceInput:
-    return InstanceInput(
-        patient_uid="P",
-        study_instance_uid="1.2",
-        series_instance_uid="1.2.3",
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_meta={},
-        study_meta={},
-        series_meta={},
-        instance_meta={},
-        session_id=session_id,
-    )
+from support.stores import instance_input
 
 
 def test_pre_and_post_services(store_url) -> None:
@@ -49,8 +33,12 @@ def test_pre_and_post_services(store_url) -> None:
         store.create_job("s1", "seg", "stable-series", job_id="j1")
         dps.set_session_data("a", 1)
         dps.upload_session_file(b"file", "f")
-        store.put_instance(_instance("9.1", "s1"), io.BytesIO(b"dicom"))
-        store.put_instance(_instance("9.2", "other-session"), io.BytesIO(b"dicom"))
+        store.put_instance(
+            instance_input("9.1", patient="P", session_id="s1"), io.BytesIO(b"dicom")
+        )
+        store.put_instance(
+            instance_input("9.2", patient="P", session_id="other-session"), io.BytesIO(b"dicom")
+        )
         blob_path = (
             store.blobs.path(store.get_instance("9.1")["BlobKey"])
             if hasattr(store.blobs, "path")

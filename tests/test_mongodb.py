@@ -13,6 +13,7 @@ that needs no server.
 
 from __future__ import annotations
 
+import functools
 import io
 import socket
 import time
@@ -39,10 +40,10 @@ from dcm_processor_service import (
     open_store,
     use_context,
 )
-from dcm_processor_service.store import InstanceInput, JobRef, Peer
+from dcm_processor_service.store import JobRef, Peer
 from dcm_processor_service.store import mongodb as mongo_module
 from dcm_processor_service.store.mongodb import MongoStore, parse_mongo_url
-from support.stores import make_store
+from support.stores import instance_input, make_store
 
 #: SPEC §3: the platform's collections and GridFS buckets.
 SPEC_COLLECTIONS = {"sessions", "jobs", "sessiondata", "peers", "series", "studies", "patients"}
@@ -103,31 +104,7 @@ def job(store_url: tuple[str, str, str]) -> Iterator[dps.RuntimeContext]:
         yield ctx
 
 
-def _instance(
-    sop: str,
-    *,
-    series: str = "1.2.3.1",
-    study: str = "1.2.3",
-    patient: str = "P1",
-    modality: str = "CT",
-    number: int = 1,
-    session_id: str | None = "s1",
-) -> InstanceInput:
-    return InstanceInput(
-        patient_uid=patient,
-        study_instance_uid=study,
-        series_instance_uid=series,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_meta={"PatientID": patient, "PatientName": "Doe^J"},
-        study_meta={"StudyInstanceUID": study, "StudyDate": "20260101"},
-        series_meta={"SeriesInstanceUID": series, "Modality": modality},
-        instance_meta={"InstanceNumber": number},
-        modality=modality,
-        peer_id="pacs",
-        session_id=session_id,
-    )
+_instance = functools.partial(instance_input, session_id="s1", peer_id="pacs")
 
 
 def _closed_port() -> int:

@@ -12,7 +12,8 @@ import os
 import pytest
 
 from dcm_processor_service import IntegrityError, NotFoundError
-from dcm_processor_service.store import InstanceInput, JobRef, Peer, Store
+from dcm_processor_service.store import JobRef, Peer, Store
+from support.stores import instance_input
 
 OWNER = JobRef("sess", "job-a", "alpha", "stable-series")
 OTHER = JobRef("sess", "job-b", "beta", "stable-series")
@@ -193,34 +194,15 @@ def test_peers(store: Store) -> None:
 
 
 # --------------------------------------------------------------------- DICOM index
-def _instance(
-    sop: str, series: str = "1.2.3.1", study: str = "1.2.3", patient: str = "P1", **kw
-) -> InstanceInput:
-    return InstanceInput(
-        patient_uid=patient,
-        study_instance_uid=study,
-        series_instance_uid=series,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_meta={"PatientID": patient, "PatientName": "Doe^J"},
-        study_meta={"StudyInstanceUID": study, "StudyDate": "20260101"},
-        series_meta={"SeriesInstanceUID": series, "Modality": kw.pop("modality", "CT")},
-        instance_meta={"InstanceNumber": kw.pop("number", 1)},
-        modality=kw.pop("modality_col", "CT"),
-        **kw,
-    )
-
-
 def test_index_records_and_replace(store: Store) -> None:
     a = store.put_instance(
-        _instance("1.9.1", number=2, session_id="s1", peer_id="pe"), io.BytesIO(b"A" * 100)
+        instance_input("1.9.1", number=2, session_id="s1", peer_id="pe"), io.BytesIO(b"A" * 100)
     )
     b = store.put_instance(
-        _instance("1.9.2", number=1, session_id="s1", peer_id="pe"), io.BytesIO(b"B" * 50)
+        instance_input("1.9.2", number=1, session_id="s1", peer_id="pe"), io.BytesIO(b"B" * 50)
     )
     again = store.put_instance(
-        _instance("1.9.1", number=2, session_id="s1", peer_id="pe"), io.BytesIO(b"C" * 10)
+        instance_input("1.9.1", number=2, session_id="s1", peer_id="pe"), io.BytesIO(b"C" * 10)
     )
     assert again["_id"] == a["_id"] and again["Size"] == 10
     with store.open_instance(store.get_instance("1.9.1")) as reader:
@@ -251,9 +233,9 @@ def test_index_records_and_replace(store: Store) -> None:
 
 
 def test_delete_session_instances_prunes_empty_records(store: Store) -> None:
-    store.put_instance(_instance("1.1", session_id="s1"), io.BytesIO(b"x"))
+    store.put_instance(instance_input("1.1", session_id="s1"), io.BytesIO(b"x"))
     store.put_instance(
-        _instance("2.1", series="2.2.2.1", study="2.2.2", patient="P2", session_id="s2"),
+        instance_input("2.1", series="2.2.2.1", study="2.2.2", patient="P2", session_id="s2"),
         io.BytesIO(b"y"),
     )
     assert store.delete_session_instances("s1") == 1
@@ -264,20 +246,20 @@ def test_delete_session_instances_prunes_empty_records(store: Store) -> None:
 
 
 def test_reingest_without_session_keeps_the_recorded_session(store: Store) -> None:
-    store.put_instance(_instance("5.1", session_id="s1", peer_id="pe"), io.BytesIO(b"a"))
-    again = store.put_instance(_instance("5.1"), io.BytesIO(b"b"))
+    store.put_instance(instance_input("5.1", session_id="s1", peer_id="pe"), io.BytesIO(b"a"))
+    again = store.put_instance(instance_input("5.1"), io.BytesIO(b"b"))
     assert (again["SessionUID"], again["PeerUID"]) == ("s1", "pe")
-    moved = store.put_instance(_instance("5.1", session_id="s2"), io.BytesIO(b"c"))
+    moved = store.put_instance(instance_input("5.1", session_id="s2"), io.BytesIO(b"c"))
     assert moved["SessionUID"] == "s2"
     assert store.delete_session_instances("s2") == 1
 
 
 def test_instance_moved_to_another_series_leaves_no_empty_records(store: Store) -> None:
     store.put_instance(
-        _instance("6.1", series="6.6.1", study="6.6", patient="P6"), io.BytesIO(b"a")
+        instance_input("6.1", series="6.6.1", study="6.6", patient="P6"), io.BytesIO(b"a")
     )
     store.put_instance(
-        _instance("6.1", series="7.7.1", study="7.7", patient="P7"), io.BytesIO(b"b")
+        instance_input("6.1", series="7.7.1", study="7.7", patient="P7"), io.BytesIO(b"b")
     )
     for getter, key in (
         (store.get_series, "6.6.1"),

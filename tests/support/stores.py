@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dcm_processor_service.store import InstanceInput
+
 #: Providers of the contract suite (``pytest -k sqlite`` selects one).
 PROVIDERS: list[str] = ["sqlite", "postgresql", "mongodb"]
 
@@ -56,3 +58,32 @@ def make_store(
         request.addfinalizer(lambda: drop_mongomock_database(url, name))
         return ("mongodb", url, name)
     raise AssertionError(f"no test store recipe for provider {provider!r}")
+
+
+def instance_input(
+    sop: str,
+    *,
+    series: str = "1.2.3.1",
+    study: str = "1.2.3",
+    patient: str = "P1",
+    modality: str = "CT",
+    number: int = 1,
+    session_id: str | None = None,
+    peer_id: str | None = None,
+) -> InstanceInput:
+    """A CT instance record for store tests (no DICOM parsing involved)."""
+    return InstanceInput(
+        patient_uid=patient,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        patient_meta={"PatientID": patient, "PatientName": "Doe^J"},
+        study_meta={"StudyInstanceUID": study, "StudyDate": "20260101"},
+        series_meta={"SeriesInstanceUID": series, "Modality": modality},
+        instance_meta={"InstanceNumber": number},
+        modality=modality,
+        peer_id=peer_id,
+        session_id=session_id,
+    )

@@ -107,6 +107,22 @@ def _series_number(ref: Dataset, value: int | None) -> int:
     return derived_series_number(ref, "sr") if value is None else _check_series_number(value)
 
 
+def _text_section(hd: Any, section: Any, item: Any, texts: Sequence[str]) -> Any:
+    """A CONTAINS container ``section`` holding one ``item`` text per entry of ``texts``."""
+    container = hd.sr.ContainerContentItem(
+        name=section, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=item, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+            for text in texts
+        ]
+    )
+    return container
+
+
 def make_text_report(
     source_images: Sequence[Dataset | str | os.PathLike[str]],
     findings: str | Sequence[str],
@@ -137,35 +153,11 @@ def make_text_report(
     children: list[Any] = []
     observer = _observer_context(hd, alg)
     children.extend(observer)
-    findings_section = hd.sr.ContainerContentItem(
-        name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-    findings_section.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.TextContentItem(
-                name=codes.DCM.Finding,
-                value=text,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-            for text in finding_texts
-        ]
-    )
-    children.append(findings_section)
+    children.append(_text_section(hd, codes.DCM.Findings, codes.DCM.Finding, finding_texts))
     if impression_texts:
-        impressions_section = hd.sr.ContainerContentItem(
-            name=codes.DCM.Impressions, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        children.append(
+            _text_section(hd, codes.DCM.Impressions, codes.DCM.Impression, impression_texts)
         )
-        impressions_section.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.TextContentItem(
-                    name=codes.DCM.Impression,
-                    value=text,
-                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                )
-                for text in impression_texts
-            ]
-        )
-        children.append(impressions_section)
     root.ContentSequence = hd.sr.ContentSequence(children)
     try:
         report = hd.sr.EnhancedSR(
