@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from ._atomic_file import atomic_write, check_name_fits
 from ._context import RuntimeContext, current_context
 from ._errors import InvalidInputError, NotFoundError
 from ._runtime import store_for
@@ -186,19 +187,13 @@ class JobSession:
             buffer.seek(0)
             return buffer
         target = Path(filename)
+        check_name_fits(target)  # before anything else touches a name the system refuses
         if target.is_dir():
             raise InvalidInputError(
                 f"download target {str(target)!r} is a directory - give a file name"
             )
-        part = target.with_name(f".{target.name}.{os.getpid()}.part")
-        try:
-            with self.store.open_file(record) as reader, open(part, "wb") as out:
-                pump(reader, out.write)
-            os.replace(part, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.unlink()
-            raise
+        with self.store.open_file(record) as reader, atomic_write(target) as out:
+            pump(reader, out.write)
         return str(filename)
 
     def file_info(

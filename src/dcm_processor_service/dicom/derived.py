@@ -54,6 +54,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+from .._atomic_file import atomic_write
 from .._errors import DicomInputError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -702,9 +703,8 @@ def _write_one(item: tuple[Dataset, Path]) -> Path:
     ds, path = item
     if not has_transfer_syntax(ds):
         ensure_file_meta(ds)
-    tmp = path.with_name(f".{path.name}.part")
-    pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    os.replace(tmp, path)
+    with atomic_write(path) as out:
+        pydicom.dcmwrite(out, ds, enforce_file_format=True)
     return path
 
 

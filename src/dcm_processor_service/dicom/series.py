@@ -23,7 +23,6 @@ job's store from the runtime context unless ``store=`` is given.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import Any, TypedDict, overload
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from .._atomic_file import atomic_write
 from .._context import current_context
 from .._errors import InvalidInputError, NotFoundError
 from .._runtime import store_for
@@ -215,25 +215,18 @@ _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
 
 
 def _write_instance(store: Store, record: dict[str, Any], target: Path) -> None:
-    """Stream an instance's stored bytes to ``target`` atomically (``.part`` + rename)."""
-    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    """Stream an instance's stored bytes to ``target`` atomically (temporary file +
+    rename)."""
     for attempt in range(2):
         try:
-            with store.open_instance(record) as reader, open(part, "wb") as out:
+            with store.open_instance(record) as reader, atomic_write(target) as out:
                 while chunk := reader.read(CHUNK_SIZE):
                     out.write(chunk)
-            os.replace(part, target)
             return
         except NotFoundError:
-            with contextlib.suppress(OSError):
-                part.unlink()
             if attempt:
                 raise
             record = store.get_instance(record["SOPInstanceUID"])
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.unlink()
-            raise
 
 
 @overload

@@ -39,7 +39,6 @@ import functools
 import getpass
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from .._errors import (
     StorageError,
     StoreUnavailableError,
 )
+from .._safe_text import mask_secrets, register_secret
 from ._pg_blobs import BLOB_SCHEMA, PostgresBlobStore
 from ._sql import SCHEMA_VERSION, SQLStore, Tx
 from .blobs import DirectoryBlobStore
@@ -109,16 +109,6 @@ class PgSettings:
         return f"{self.host}:{self.port}, database {self.dbname!r}, user {self.user!r}"
 
 
-def _redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for error messages)."""
-    if "://" in url:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-            url = urlunsplit(parts._replace(netloc=netloc))
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
-
-
 def _int_option(options: dict[str, str], key: str, default: int, url: str) -> int:
     try:
         value = int(options.get(key, default))
@@ -126,7 +116,7 @@ def _int_option(options: dict[str, str], key: str, default: int, url: str) -> in
         value = -1
     if value < 0 or (key == "pool_max" and value < 1):
         raise InvalidInputError(
-            f"invalid {key}={options.get(key)!r} in PostgreSQL URL {_redact(url)!r} - "
+            f"invalid {key}={options.get(key)!r} in PostgreSQL URL {mask_secrets(url)!r} - "
             "must be a whole number (pool_max at least 1)"
         )
     return value
@@ -152,20 +142,20 @@ def parse_url(url: str, name: str | None = None) -> PgSettings:
         libpq_url = urlunsplit(parts._replace(query=urlencode(kept)))
     elif "=" not in url:
         raise InvalidInputError(
-            f"postgresql store URL {_redact(url)!r} is neither a postgresql:// URL nor a libpq "
+            f"postgresql store URL {mask_secrets(url)!r} is neither a postgresql:// URL nor a libpq "
             "'key=value' string - give postgresql://user:password@host:port/dbname"
         )
     try:
         params = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as exc:
         raise InvalidInputError(
-            f"invalid PostgreSQL URL {_redact(url)!r}: {str(exc).strip()} - expected "
+            f"invalid PostgreSQL URL {mask_secrets(url)!r}: {str(exc).strip()} - expected "
             "postgresql://user:password@host:port/dbname"
         ) from None
     for port in str(params.get("port") or "5432").split(","):
         if not port.strip().isdigit() or not 0 < int(port) < 65536:
             raise InvalidInputError(
-                f"invalid PostgreSQL URL {_redact(url)!r}: port {port!r} is not a number "
+                f"invalid PostgreSQL URL {mask_secrets(url)!r}: port {port!r} is not a number "
                 "between 1 and 65535"
             )
     if name:
@@ -184,7 +174,7 @@ def parse_url(url: str, name: str | None = None) -> PgSettings:
     except ValueError:
         raise InvalidInputError(
             f"invalid pool_timeout={options['pool_timeout']!r} in PostgreSQL URL "
-            f"{_redact(url)!r} - must be a number of seconds"
+            f"{mask_secrets(url)!r} - must be a number of seconds"
         ) from None
     return PgSettings(
         params=params,
@@ -259,6 +249,7 @@ class PostgreSQLStore(SQLStore):
 
     def __init__(self, url: str, name: str | None = None) -> None:
         self.settings = parse_url(url, name)
+        register_secret(self.settings.password)  # masked wherever it would be shown
         self._pool: ConnectionPool[Any] | None = None
         self._pool_pid = 0
         self._lock = threading.Lock()
@@ -280,18 +271,12 @@ class PostgreSQLStore(SQLStore):
         return f"postgresql store {s.user}@{s.host}:{s.port}/{s.dbname}"
 
     # ------------------------------------------------------------ connections
-    def _scrub(self, text: str) -> str:
-        password = self.settings.password
-        if password and len(password) >= 3:
-            text = text.replace(password, "***")
-        return text
-
     def _unavailable(
         self, exc: BaseException | None, action: str = "cannot connect to"
     ) -> StoreUnavailableError:
         """A :class:`StoreUnavailableError` naming host, port, database and user, with
         the server's reason and a hint - never the password."""
-        reason = self._scrub(" ".join(str(exc).split())) if exc is not None else "unknown reason"
+        reason = mask_secrets(" ".join(str(exc).split())) if exc is not None else "unknown reason"
         s = self.settings
         low = reason.lower()
         if (
@@ -400,14 +385,14 @@ class PostgreSQLStore(SQLStore):
         if _is_connection_error(exc):
             return self._unavailable(exc, "lost the connection (retries failed) to")
         if isinstance(exc, psycopg.IntegrityError):
-            return ConflictError(f"{self.describe()}: {self._scrub(str(exc).strip())}")
+            return ConflictError(f"{self.describe()}: {mask_secrets(str(exc).strip())}")
         if isinstance(exc, pg_errors.UndefinedTable):
             return StorageError(
-                f"{self.describe()}: {self._scrub(str(exc).strip())} - the schema is missing; "
+                f"{self.describe()}: {mask_secrets(str(exc).strip())} - the schema is missing; "
                 "run migrate() (or open the store again)"
             )
         return StorageError(
-            f"{self.describe()}: {type(exc).__name__}: {self._scrub(str(exc).strip())}"
+            f"{self.describe()}: {type(exc).__name__}: {mask_secrets(str(exc).strip())}"
         )
 
     # -------------------------------------------------------------- lifecycle

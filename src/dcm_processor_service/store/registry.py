@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from .._errors import MissingDependencyError, UnknownProviderError
+from .._safe_text import mask_secrets
 from .base import Store
 
 __all__ = ["ProviderSpec", "known_providers", "open_store", "register_provider"]
@@ -78,5 +79,5 @@ def open_store(provider: str, url: str, name: str | None = None) -> Store:
             ) from exc
         raise
     cls: type[Store] = getattr(module, spec.cls)
-    logger.debug("opening %s store at %s", key, url)
+    logger.debug("opening %s store at %s", key, mask_secrets(url))
     return cls(url, name)  # type: ignore[call-arg]
