@@ -90,11 +90,30 @@ SCHEMA: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS instances_by_session ON instances (session_id)",
         ],
     ),
+    (
+        2,  # the runner working on a session/job, and its last heartbeat
+        [
+            "ALTER TABLE sessions ADD COLUMN owner TEXT",
+            "ALTER TABLE sessions ADD COLUMN heartbeat_at TEXT",
+            "ALTER TABLE jobs ADD COLUMN owner TEXT",
+            "ALTER TABLE jobs ADD COLUMN heartbeat_at TEXT",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = SCHEMA[-1][0]
 
-_JOB_FIELDS = ("status", "progress", "error", "started_at", "finished_at", "params", "service_name")
+_JOB_FIELDS = (
+    "status",
+    "progress",
+    "error",
+    "started_at",
+    "finished_at",
+    "params",
+    "service_name",
+    "owner",
+    "heartbeat_at",
+)
 
 
 def _new_id() -> str:
@@ -209,6 +228,8 @@ class SQLStore(Store):
             meta=json.loads(row["meta"]),
             created_at=_ts(row["created_at"]),  # type: ignore[arg-type]
             updated_at=_ts(row["updated_at"]),  # type: ignore[arg-type]
+            owner=row["owner"],
+            heartbeat_at=_ts(row["heartbeat_at"]),
         )
 
     def ensure_session(
@@ -247,7 +268,13 @@ class SQLStore(Store):
         return [self._session(r) for r in rows]
 
     def update_session(
-        self, session_id: str, *, status: str | None = None, meta: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        *,
+        status: str | None = None,
+        meta: dict[str, Any] | None = None,
+        owner: str | None = None,
+        heartbeat_at: datetime | None = None,
     ) -> SessionRecord:
         def work(tx: Tx) -> SessionRecord:
             row = tx.one("SELECT * FROM sessions WHERE id = ?" + self.for_update, (session_id,))
@@ -255,8 +282,16 @@ class SQLStore(Store):
                 raise NotFoundError(f"session {session_id!r} not found in {self.describe()}")
             merged = {**json.loads(row["meta"]), **(meta or {})}
             tx.execute(
-                "UPDATE sessions SET status = ?, meta = ?, updated_at = ? WHERE id = ?",
-                (status or row["status"], _dumps(merged), _now(), session_id),
+                "UPDATE sessions SET status = ?, meta = ?, owner = ?, heartbeat_at = ?,"
+                " updated_at = ? WHERE id = ?",
+                (
+                    status or row["status"],
+                    _dumps(merged),
+                    owner or row["owner"],
+                    heartbeat_at.isoformat() if heartbeat_at else row["heartbeat_at"],
+                    _now(),
+                    session_id,
+                ),
             )
             return self._session(tx.one("SELECT * FROM sessions WHERE id = ?", (session_id,)))  # type: ignore[arg-type]
 
@@ -286,6 +321,8 @@ class SQLStore(Store):
             finished_at=_ts(row["finished_at"]),
             created_at=_ts(row["created_at"]),  # type: ignore[arg-type]
             updated_at=_ts(row["updated_at"]),  # type: ignore[arg-type]
+            owner=row["owner"],
+            heartbeat_at=_ts(row["heartbeat_at"]),
         )
 
     def create_job(
@@ -363,7 +400,8 @@ class SQLStore(Store):
                     values[key] = value
             tx.execute(
                 "UPDATE jobs SET status = ?, progress = ?, error = ?, started_at = ?, finished_at = ?,"
-                " params = ?, service_name = ?, updated_at = ? WHERE id = ?",
+                " params = ?, service_name = ?, owner = ?, heartbeat_at = ?, updated_at = ?"
+                " WHERE id = ?",
                 (*(values[f] for f in _JOB_FIELDS), _now(), job_id),
             )
             return self._job(tx.one("SELECT * FROM jobs WHERE id = ?", (job_id,)))  # type: ignore[arg-type]

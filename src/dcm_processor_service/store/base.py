@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, BinaryIO, ClassVar
 
 from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord
@@ -91,9 +92,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def update_session(
-        self, session_id: str, *, status: str | None = None, meta: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        *,
+        status: str | None = None,
+        meta: dict[str, Any] | None = None,
+        owner: str | None = None,
+        heartbeat_at: datetime | None = None,
     ) -> SessionRecord:
-        """Change a session's status and/or merge ``meta`` into its meta."""
+        """Change a session's status, ``owner`` (``PID@HOST`` of the runner working on
+        it) and/or ``heartbeat_at``, and/or merge ``meta`` into its meta (``None``
+        leaves a field as it is)."""
 
     @abc.abstractmethod
     def delete_session(self, session_id: str) -> bool:
@@ -129,7 +138,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
         """Set any of ``status``, ``progress`` (merged), ``error``, ``started_at``,
-        ``finished_at``, ``params``."""
+        ``finished_at``, ``params``, ``owner``, ``heartbeat_at``."""
 
     # ------------------------------------------------------------- session data
     @abc.abstractmethod

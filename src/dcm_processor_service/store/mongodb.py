@@ -128,6 +128,8 @@ _JOB_KEYS = {
     "finished_at": "finishedAt",
     "params": "params",
     "service_name": "serviceName",
+    "owner": "owner",
+    "heartbeat_at": "heartbeatAt",
 }
 _NEWEST_FIRST = [("uploadDate", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 _CREATION_ORDER = [("createdAt", pymongo.ASCENDING), ("seq", pymongo.ASCENDING)]
@@ -810,6 +812,8 @@ class MongoStore(Store):
             meta=dict(doc.get("meta") or {}),
             created_at=created,
             updated_at=_aware(doc.get("updatedAt")) or created,
+            owner=doc.get("owner"),
+            heartbeat_at=_aware(doc.get("heartbeatAt")),
         )
 
     def _find_session(self, session_id: str) -> dict[str, Any] | None:
@@ -884,14 +888,23 @@ class MongoStore(Store):
         return self._run(work)
 
     def update_session(
-        self, session_id: str, *, status: str | None = None, meta: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        *,
+        status: str | None = None,
+        meta: dict[str, Any] | None = None,
+        owner: str | None = None,
+        heartbeat_at: datetime | None = None,
     ) -> SessionRecord:
         extra = _plain(meta or {}, "session meta")
+        beat = _to_bson_time(heartbeat_at, "heartbeat_at")
 
         def change(doc: dict[str, Any]) -> dict[str, Any]:
             return {
                 "status": status or doc.get("status") or "open",
                 "meta": {**(doc.get("meta") or {}), **extra},
+                "owner": owner or doc.get("owner"),
+                "heartbeatAt": beat or doc.get("heartbeatAt"),
                 "updatedAt": _now(),
             }
 
@@ -930,6 +943,8 @@ class MongoStore(Store):
             finished_at=_aware(doc.get("finishedAt")),
             created_at=created,
             updated_at=_aware(doc.get("updatedAt")) or created,
+            owner=doc.get("owner"),
+            heartbeat_at=_aware(doc.get("heartbeatAt")),
         )
 
     def create_job(
@@ -1002,7 +1017,7 @@ class MongoStore(Store):
         for key, value in changes.items():
             if key in ("progress", "params"):
                 values[key] = _plain(value or {}, f"job {key}")
-            elif key in ("started_at", "finished_at"):
+            elif key in ("started_at", "finished_at", "heartbeat_at"):
                 values[key] = _to_bson_time(value, key)
             else:
                 values[key] = value

@@ -107,6 +107,9 @@ class SessionRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    #: ``PID@HOST`` of the runner working on it, and its last sign of life
+    owner: str | None = None
+    heartbeat_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class JobRecord:
     finished_at: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    #: ``PID@HOST`` of the runner that started it, and its last sign of life
+    owner: str | None = None
+    heartbeat_at: datetime | None = None
 
 
 @dataclass(frozen=True)
