@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -46,6 +47,7 @@ from ._errors import (
     NotFoundError,
     ServiceError,
 )
+from ._safe_text import MaskingFormatter, mask_secrets, register_url_password
 from .runner.progress import RunObserver
 
 __all__ = ["main"]
@@ -99,12 +101,12 @@ def _configure_logging(verbose: int) -> None:
     for handler in [h for h in root.handlers if isinstance(h, _CliHandler)]:
         root.removeHandler(handler)
     handler = _CliHandler(sys.stderr)
-    if verbose:
+    if verbose:  # every line masked: a library may echo the store URL or conninfo
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+            MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.setFormatter(MaskingFormatter("%(levelname)s: %(message)s"))
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler.setLevel(level)
     root.addHandler(handler)
@@ -196,6 +198,7 @@ def _store_spec(
     store_dir: str, db_provider: str | None, db_url: str | None, db_name: str | None
 ) -> _StoreSpec:
     if db_url:
+        register_url_password(db_url)  # masked in every message and log line
         provider = db_provider or "sqlite"
         url = db_url
         if provider.lower() == "sqlite" and "://" not in url:
@@ -210,16 +213,18 @@ def _store_spec(
 
 
 # ---------------------------------------------------------------------- output
+# Everything printed passes through mask_secrets: an error message or a job's result
+# may quote a store URL.
 def _out(text: str = "") -> None:
-    click.echo(text)
+    click.echo(mask_secrets(text))
 
 
 def _err(text: str) -> None:
-    click.echo(text, file=sys.stderr)
+    click.echo(mask_secrets(text), file=sys.stderr)
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    _out(json.dumps(data, indent=2, default=str))
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -470,6 +475,8 @@ def _summary(report: Any) -> str:
                 if not f.endswith(("session-data.json", "jobs.json"))
             )
             lines.append(f"results of {session.patient_label}: {session.exported_to} ({n} file(s))")
+        for failure in session.export_failed:
+            lines.append(f"export of {failure['name']!r} failed: {failure['reason']}")
         if session.kept_reason:
             lines.append(
                 f"session {session.session_id} kept ({session.kept_reason}) - "
@@ -1263,12 +1270,14 @@ def sessions_list(
     store_spec: _StoreSpec,
     settings: _Settings,
 ) -> int:
-    """List the sessions of the store."""
+    """List the sessions of the store, with the runner working on each and whether
+    that runner is gone (stale: see dcm-service sessions clean --stale)."""
     rows, data = [], []
     with store_spec.open() as store:
         for s in store.list_sessions():
             jobs = store.list_jobs(s.id)
             failed = sum(1 for j in jobs if j.status in ("failed", "timed-out"))
+            life = _liveness(s)
             data.append(
                 {
                     "id": s.id,
@@ -1278,24 +1287,33 @@ def sessions_list(
                     "jobs": len(jobs),
                     "failed": failed,
                     "created_at": s.created_at,
+                    **_owner_fields(s, life),
                 }
             )
             rows.append(
                 [
                     s.id[:12],
-                    s.status,
+                    s.status + (" (STALE)" if life.stale else ""),
                     s.meta.get("patient", ""),
                     s.meta.get("service", ""),
                     f"{len(jobs)}" + (f" ({failed} failed)" if failed else ""),
                     s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    _runner_text(s.owner, life),
                 ]
             )
+    stale = sum(1 for d in data if d["stale"])
     if settings.json:
         _print_json(data)
     elif not rows:
         _out("no sessions")
     else:
-        _out(_table(rows, ["SESSION", "STATUS", "PATIENT", "SERVICE", "JOBS", "CREATED (UTC)"]))
+        headers = ["SESSION", "STATUS", "PATIENT", "SERVICE", "JOBS", "CREATED (UTC)", "RUNNER"]
+        _out(_table(rows, headers))
+        if stale:
+            _out(
+                f"\n{stale} stale session(s): their runner is gone - end what is left of them "
+                "with dcm-service sessions clean --stale [--mark-only]"
+            )
     return 0
 
 
@@ -1315,6 +1333,8 @@ def sessions_show(
         values = store.list_data(s.id)
         files = store.list_files(s.id)
         series = store.list_series(session_id=s.id)
+    life = _liveness(s)
+    job_life = {j.id: _liveness(j) for j in jobs}
     if settings.json:
         _print_json(
             {
@@ -1326,6 +1346,7 @@ def sessions_show(
                     "meta": s.meta,
                     "created_at": s.created_at,
                     "updated_at": s.updated_at,
+                    **_owner_fields(s, life),
                 },
                 "series": [
                     {
@@ -1346,6 +1367,7 @@ def sessions_show(
                         "error": j.error,
                         "started_at": j.started_at,
                         "finished_at": j.finished_at,
+                        **_owner_fields(j, job_life[j.id]),
                     }
                     for j in jobs
                 ],
@@ -1365,6 +1387,11 @@ def sessions_show(
     _out(
         f"session {s.id}  status {s.status}  peer {s.peer_id or '-'}  created {s.created_at:%Y-%m-%d %H:%M:%S} UTC"
     )
+    if s.owner:
+        _out(
+            f"runner: {_runner_text(s.owner, life)}"
+            + (f"  STALE: {life.reason} (dcm-service sessions clean --stale)" if life.stale else "")
+        )
     if s.meta:
         _out("meta: " + ", ".join(f"{k}={v}" for k, v in s.meta.items()))
     _out(f"\nseries ({len(series)}):")
@@ -1387,7 +1414,7 @@ def sessions_show(
                     j.id[:12],
                     j.name,
                     j.event,
-                    j.status,
+                    j.status + (" (STALE)" if job_life[j.id].stale else ""),
                     _duration(took),
                     f"{pct:.0f}%" if isinstance(pct, (int, float)) else "",
                     _first_line(j.error, 60),
@@ -1407,36 +1434,101 @@ def sessions_show(
 @sessions.command("clean")
 @click.argument("session_ids", nargs=-1)
 @click.option("--all", "clean_all", is_flag=True, help="Clean up every session of the store.")
+@click.option(
+    "--stale", is_flag=True, help="Clean up the sessions whose runner is gone (see sessions list)."
+)
+@click.option(
+    "--mark-only",
+    is_flag=True,
+    help="For stale sessions: end their leftover job processes and mark them abandoned, "
+    "but keep their data, files and jobs for inspection.",
+)
+@click.option("--force", is_flag=True, help="Also clean sessions that a live runner is working on.")
 @_store_options
 @_common
 def sessions_clean(
     session_ids: tuple[str, ...],
     clean_all: bool,
+    stale: bool,
+    mark_only: bool,
+    force: bool,
     store_spec: _StoreSpec,
     settings: _Settings,
 ) -> int:
-    """Run the post-services clean-up on sessions (their data, files, images, jobs)."""
-    from .hooks import run_post_services
+    """Run the post-services clean-up on sessions (their data, files, images, jobs).
 
-    if not session_ids and not clean_all:
-        raise click.UsageError("name sessions to clean, or --all")
-    results = {}
+    A session left behind by a runner that is gone (stale) first has the processes its
+    running jobs left ended (on this host) and its unfinished jobs marked abandoned. A
+    session a live runner is working on is refused (skipped with --all) unless --force.
+    """
+    from .hooks import run_post_services
+    from .runner.ownership import abandon_session
+
+    if not session_ids and not clean_all and not stale:
+        raise click.UsageError("name sessions to clean, or --all, or --stale")
+    results: dict[str, dict[str, Any]] = {}
     with store_spec.open() as store:
-        targets = (
-            [s.id for s in store.list_sessions()]
-            if clean_all
-            else [_find_session(store, p).id for p in session_ids]
-        )
-        for sid in targets:
-            results[sid] = run_post_services(sid, store=store)
+        if clean_all or stale:
+            targets = [s for s in store.list_sessions() if clean_all or _liveness(s).stale]
+        else:
+            targets = [_find_session(store, p) for p in session_ids]
+        for s in targets:
+            life = _liveness(s)
+            if life.live and not force:
+                message = (
+                    f"session {s.id} is being run by runner {s.owner} (heartbeat "
+                    f"{_age(life.heartbeat_age)} ago) - stop that run first, or pass --force"
+                )
+                if not clean_all:
+                    raise InvalidInputError(message)
+                _err(f"skipped: {message}")
+                continue
+            result = abandon_session(store, s, life) if life.stale else {}
+            if mark_only:
+                result["status"] = store.get_session(s.id).status
+            else:
+                result.update(run_post_services(s.id, store=store))
+            results[s.id] = result
     if settings.json:
         _print_json(results)
     else:
         for sid, counts in results.items():
-            _out(f"session {sid} cleaned up: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+            verb = "marked" if mark_only else "cleaned up"
+            _out(
+                f"session {sid} {verb}: "
+                + ", ".join(
+                    f"{n} {k}" if isinstance(n, int) else f"{k} {n}" for k, n in counts.items()
+                )
+            )
         if not results:
             _out("no sessions")
     return 0
+
+
+def _liveness(record: Any) -> Any:
+    from .runner.ownership import judge_record
+
+    return judge_record(record)
+
+
+def _owner_fields(record: Any, life: Any) -> dict[str, Any]:
+    return {
+        "owner": record.owner,
+        "heartbeat_at": record.heartbeat_at,
+        "heartbeat_age": round(life.heartbeat_age, 1) if life.heartbeat_age is not None else None,
+        "stale": life.stale,
+        "stale_reason": life.reason,
+    }
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else _duration(max(seconds, 0.0))
+
+
+def _runner_text(owner: str | None, life: Any) -> str:
+    if not owner:
+        return "-"
+    return f"{owner}, heartbeat {_age(life.heartbeat_age)} ago" + (" - gone" if life.stale else "")
 
 
 # --------------------------------------------------------------------------- db
@@ -1464,21 +1556,29 @@ def db_init(
 
 
 # ------------------------------------------------------------------------- main
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Report a run stopped by a signal; the exit code is 128 + the signal's number."""
+    signum = int(getattr(exc, "signum", signal.SIGINT))
+    _err(f"interrupted by {signal.Signals(signum).name}")
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dcm-service`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     _state.verbose = 0
     _state.json = False
     try:
         result = cli.main(args=argv, prog_name="dcm-service", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C (and our signals)
+            return _interrupted(exc.__cause__)
         _err("aborted")
         return 130
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except DcmProcessorError as exc:
         _err(f"error: {exc}")
         if _state.verbose:

@@ -10,8 +10,10 @@
 
 Modules: :mod:`.manifest` (``dcm-processor.json``, entry points), :mod:`.schedule`
 (``dependsOn`` order), :mod:`.inputs` (input files by patient), :mod:`.job_process`
-(one process per job), :mod:`.runner` (the orchestration), :mod:`.progress` (events for
-whoever watches), :mod:`.sample_data` (a synthetic CT for demos and tests).
+(one process per job), :mod:`.processes` (finding and ending a job's processes),
+:mod:`.ownership` (which runner owns a record, heartbeat, stale records), :mod:`.runner`
+(the orchestration), :mod:`.progress` (events for whoever watches), :mod:`.sample_data`
+(a synthetic CT for demos and tests).
 
 Names are imported lazily, so ``python -m dcm_processor_service.runner.job_process``
 (every job's process) starts without loading the runner.
@@ -26,6 +28,7 @@ __all__ = [
     "JobOutcome",
     "JobRun",
     "JobSpec",
+    "RunInterrupted",
     "RunObserver",
     "RunReport",
     "Runner",
@@ -49,6 +52,7 @@ _WHERE = {
     "JobOutcome": "job_process",
     "RunObserver": "progress",
     "JobRun": "runner",
+    "RunInterrupted": "runner",
     "RunReport": "runner",
     "Runner": "runner",
     "SessionRun": "runner",

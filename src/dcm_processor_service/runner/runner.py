@@ -14,13 +14,20 @@
    job_id=, event=, service_id=, db_provider=, db_url=, db_name=)``;
 4. records every job's status and timings in the store (pending → running →
    succeeded / failed / skipped / timed-out);
-5. exports the session's files and data (``output_dir``), then runs the post-services
-   hook (clean-up) — unless ``keep_session``, or a job failed (then, as on the platform
+5. exports the session's files and data (``output_dir``; a file that cannot be written
+   is reported and the export goes on), then runs the post-services hook (clean-up) —
+   unless ``keep_session``, or a job or the export failed (then, as on the platform
    where the post-services job depends on every job, the session is kept for
-   inspection; ``cleanup_on_failure`` cleans up anyway).
+   inspection, with status ``kept``; ``cleanup_on_failure`` cleans up anyway).
 
 The registry callbacks run in the runner's process (the platform's scheduler runs them
 in its own); the pre/post hooks run in the runner's process too.
+
+The session and job records carry the runner's ``PID@HOST`` and a heartbeat
+(:mod:`.ownership`), so a record left behind by a runner that died is recognisable.
+SIGTERM, SIGHUP and SIGINT stop a run the same way: the running job's processes are
+ended, it is recorded ``failed``, the jobs not run yet ``skipped``, the session
+``interrupted``, and :class:`RunInterrupted` (a ``KeyboardInterrupt``) is raised.
 """
 
 from __future__ import annotations
@@ -31,27 +38,40 @@ import json
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .._atomic_file import atomic_write
 from .._context import RuntimeContext, context_environ, use_context
 from .._errors import DcmProcessorError, InvalidInputError, ServiceError
+from .._safe_text import bound_text, mask_secrets, register_url_password
 from ..store.base import CHUNK_SIZE, Store
 from ..store.records import Peer, utcnow
 from ..store.registry import open_store
 from .inputs import InputScan, PatientGroup, scan_inputs
-from .job_process import ERROR_TAIL, run_job_process
+from .job_process import run_job_process
 from .manifest import EntryLoader, JobSpec, ServiceManifest
+from .ownership import Heartbeat, this_owner
 from .progress import RunObserver
 from .schedule import SUCCEEDED, blocked_reason, order_jobs
 
-__all__ = ["JobRun", "RunReport", "Runner", "SessionRun", "export_session", "run_service"]
+__all__ = [
+    "JobRun",
+    "RunInterrupted",
+    "RunReport",
+    "Runner",
+    "SessionRun",
+    "export_session",
+    "run_service",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +79,52 @@ logger = logging.getLogger(__name__)
 HOOK_EVENT = "session"
 _FAILED = ("failed", "timed-out")
 _EVENTS = (("stable-series", "series"), ("stable-study", "study"), ("stable-patient", "patient"))
+#: Signals that stop a run the way Ctrl-C does.
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP); ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """Why a run stopped early, for the records."""
+    if isinstance(exc, KeyboardInterrupt):
+        return str(exc) or "interrupted by SIGINT"
+    return bound_text(mask_secrets(f"the runner failed: {type(exc).__name__}: {exc}"))
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool) -> Iterator[None]:
+    """While the block runs, SIGINT, SIGTERM and SIGHUP raise :class:`RunInterrupted`
+    (once: a second signal while the run stops is logged and ignored, so the clean-up
+    completes). Only in the main thread, where Python delivers signals."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if received:
+            logger.warning("%s received while stopping: ignored", signal.Signals(signum).name)
+            return
+        received.append(signum)
+        raise RunInterrupted(signum)
+
+    previous = {}
+    for name in _STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @dataclass
@@ -82,6 +148,17 @@ class JobRun:
     duration: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     log_path: str | None = None
+
+    def fail(self, error: str, traceback: str | None = None) -> None:
+        """Mark the run failed with ``error`` (and ``traceback``), both bounded."""
+        self.status = "failed"
+        self.error = bound_text(error)
+        self.traceback = bound_text(traceback) if traceback else None
+
+    def stored_error(self) -> str | None:
+        """The text kept in the job record's ``error``: the traceback or the error."""
+        text = self.traceback or self.error
+        return bound_text(text) if text else None
 
     @property
     def failed(self) -> bool:
@@ -109,13 +186,14 @@ class SessionRun:
     not_scheduled: list[dict[str, str]] = field(default_factory=list)
     exported_to: str | None = None
     exported_files: list[str] = field(default_factory=list)
+    export_failed: list[dict[str, str]] = field(default_factory=list)
     cleaned_up: bool = False
     kept_reason: str | None = None
 
     @property
     def ok(self) -> bool:
-        """No job of the session failed or timed out."""
-        return not any(j.failed for j in self.jobs)
+        """No job of the session failed or timed out, and its export succeeded."""
+        return not any(j.failed for j in self.jobs) and not self.export_failed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -147,12 +225,12 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        """No job failed or timed out."""
+        """No job failed or timed out, and no export failed."""
         return all(s.ok for s in self.sessions)
 
     @property
     def exit_code(self) -> int:
-        """0 when everything succeeded, 1 when a job failed."""
+        """0 when everything succeeded, 1 when a job or an export failed."""
         return 0 if self.ok else 1
 
     def counts(self) -> dict[str, int]:
@@ -219,10 +297,27 @@ def _filter_result(value: Any, job: str) -> tuple[bool, dict[str, Any]]:
     return bool(value), {}
 
 
-def export_session(store: Store, session_id: str, out_dir: str | os.PathLike[str]) -> list[Path]:
+def _write_text(path: Path, text: str) -> Path:
+    with atomic_write(path) as out:
+        out.write(text.encode("utf-8"))
+    return path
+
+
+def export_session(
+    store: Store,
+    session_id: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    failed: list[dict[str, str]] | None = None,
+) -> list[Path]:
     """Write the session's files to ``out_dir/<job name>/<file name>`` (a job that ran
     more than once gets ``<job name>-<job id>`` folders), its data to
-    ``session-data.json`` and its jobs to ``jobs.json``. Returns the files written."""
+    ``session-data.json`` and its jobs to ``jobs.json``. Returns the files written.
+
+    Each file appears complete or not at all. With ``failed``, a file that cannot be
+    written (a name too long for the file system, a full disk, damaged stored bytes)
+    is appended there as ``{"name", "job_name", "reason"}`` and the export goes on;
+    without it, the first such error is raised."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -233,14 +328,19 @@ def export_session(store: Store, session_id: str, out_dir: str | os.PathLike[str
     for rec in records:
         job = rec.job_name or rec.job_id
         folder = out / (job if len(runs_per_job[job]) == 1 else f"{job}-{rec.job_id[:8]}")
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / rec.name
-        part = folder / f".{rec.name}.part"
-        with store.open_file(rec) as reader, open(part, "wb") as handle:
-            while chunk := reader.read(CHUNK_SIZE):
-                handle.write(chunk)
-        os.replace(part, target)
-        written.append(target)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with store.open_file(rec) as reader, atomic_write(folder / rec.name) as handle:
+                while chunk := reader.read(CHUNK_SIZE):
+                    handle.write(chunk)
+        except (DcmProcessorError, OSError) as exc:
+            if failed is None:
+                raise
+            reason = mask_secrets(f"{type(exc).__name__}: {exc}")
+            failed.append({"name": rec.name, "job_name": job, "reason": reason})
+            logger.warning("export of session file %s/%s failed: %s", job, rec.name, reason)
+            continue
+        written.append(folder / rec.name)
     data = [
         {
             "job_name": row["job_name"],
@@ -251,9 +351,7 @@ def export_session(store: Store, session_id: str, out_dir: str | os.PathLike[str
         }
         for row in store.list_data(session_id)
     ]
-    (out / "session-data.json").write_text(
-        json.dumps(data, indent=2, default=str), encoding="utf-8"
-    )
+    written.append(_write_text(out / "session-data.json", json.dumps(data, indent=2, default=str)))
     jobs = [
         {
             "id": j.id,
@@ -267,8 +365,7 @@ def export_session(store: Store, session_id: str, out_dir: str | os.PathLike[str
         }
         for j in store.list_jobs(session_id)
     ]
-    (out / "jobs.json").write_text(json.dumps(jobs, indent=2, default=str), encoding="utf-8")
-    written += [out / "session-data.json", out / "jobs.json"]
+    written.append(_write_text(out / "jobs.json", json.dumps(jobs, indent=2, default=str)))
     return written
 
 
@@ -279,6 +376,8 @@ class Runner:
     their environment, so the URL must be reachable from them: for ``sqlite`` an
     absolute path is used). ``peer`` names a peer of the store (or is a :class:`Peer`).
     ``params`` overrides job params: key ``None`` for every job, a job name for one.
+    ``handle_signals``: while :meth:`run` runs in the main thread, SIGTERM and SIGHUP
+    stop it as SIGINT does (see :class:`RunInterrupted`).
     """
 
     def __init__(
@@ -297,6 +396,7 @@ class Runner:
         observer: RunObserver | None = None,
         job_log_level: str = "INFO",
         poll_interval: float = 0.25,
+        handle_signals: bool = True,
     ) -> None:
         self.manifest = manifest.with_params(params) if params else manifest
         self.db_provider = db_provider
@@ -305,6 +405,7 @@ class Runner:
                 os.sep if db_url.endswith(("/", os.sep)) else ""
             )
         self.db_url = db_url
+        register_url_password(db_url)  # masked in every log line and job output
         if db_name is None and db_provider.lower() == "sqlite":
             from ..store.sqlite import DEFAULT_DB_NAME
 
@@ -318,14 +419,24 @@ class Runner:
         self.observer = observer or RunObserver()
         self.job_log_level = job_log_level
         self.poll_interval = poll_interval
+        self.handle_signals = handle_signals
         self._by_name = {j.name: j for j in self.manifest.jobs}
         self._exported: set[Path] = set()
+        self._owner = this_owner()
+        self._heartbeat = Heartbeat(self._open_store)
+        self._unfinished: list[str] = []  # sessions opened and not yet kept or cleaned up
+
+    def _open_store(self) -> Store:
+        return open_store(self.db_provider, self.db_url, self.db_name)
 
     # ------------------------------------------------------------------ run
     def run(self, inputs: Sequence[str | os.PathLike[str]]) -> RunReport:
         """Ingest ``inputs`` (folders, files, DICOMDIRs) and run the service on them."""
         start = time.monotonic()
-        store = open_store(self.db_provider, self.db_url, self.db_name)
+        store = self._open_store()
+        watch = contextlib.ExitStack()  # signals stop the run; the heartbeat beats
+        watch.enter_context(_stop_on_signals(self.handle_signals))
+        watch.enter_context(self._heartbeat)
         try:
             peer = self._resolve_peer(store)
             report = RunReport(
@@ -348,10 +459,34 @@ class Runner:
                     self._run_session(
                         store, session, group, peer, filters, work_root / session.session_id
                     )
+        except BaseException as exc:
+            self._record_stop(store, exc)
+            raise
         finally:
+            watch.close()
             store.close()
         report.duration = time.monotonic() - start
         return report
+
+    def _record_stop(self, store: Store, exc: BaseException) -> None:
+        """The run stops early (a signal, or an error of the runner itself): the jobs not
+        run yet are ``skipped``, a job still ``running`` is ``failed``, the sessions not
+        finished are ``interrupted`` (``failed`` after an error), so none stays active."""
+        why = _stop_reason(exc)
+        session_status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        for session_id in self._unfinished:
+            try:
+                for job in store.list_jobs(session_id):
+                    if job.status == "pending":
+                        store.update_job(
+                            job.id, status="skipped", error=f"not run: {why}", finished_at=utcnow()
+                        )
+                    elif job.status == "running":
+                        store.update_job(job.id, status="failed", error=why, finished_at=utcnow())
+                store.update_session(session_id, status=session_status)
+            except DcmProcessorError as err:
+                logger.warning("could not record that session %s stopped: %s", session_id, err)
+        self._unfinished.clear()
 
     def _resolve_peer(self, store: Store) -> Peer | None:
         if self.peer is None:
@@ -394,6 +529,9 @@ class Runner:
                 peer_id=peer_id,
                 meta={"patient": group.label, "service": self.manifest.name},
             )
+            store.update_session(session_id, owner=self._owner, heartbeat_at=utcnow())
+            self._unfinished.append(session_id)
+            self._heartbeat.add(session_id)
             session = SessionRun(
                 session_id=session_id, patient_label=group.label, files=len(group.files)
             )
@@ -410,6 +548,7 @@ class Runner:
             out.append((group, session))
         for _, session in out:
             if session.stored == 0:  # nothing of this patient could be stored
+                self._finished(session.session_id)
                 store.delete_session(session.session_id)
         self.observer.ingest_finished(report.stored, report.ingest_failed)
         if report.stored == 0:
@@ -452,10 +591,7 @@ class Runner:
             session.session_id, name, HOOK_EVENT, service_name="dcm-processor-service"
         )
         run.job_id = record.id
-        run.started_at = utcnow()
-        run.status = "running"
-        store.update_job(record.id, status="running", started_at=run.started_at)
-        self.observer.job_started(run)
+        self._start(store, run)
         t0 = time.monotonic()
         try:
             with use_context(ctx.replace(job_id=record.id, job_name=name)):
@@ -464,18 +600,17 @@ class Runner:
         except Exception as exc:
             import traceback
 
-            run.status = "failed"
-            run.error = f"{type(exc).__name__}: {exc}"
-            run.traceback = traceback.format_exc()
+            run.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc())
             logger.debug("%s failed", name, exc_info=True)
         run.finished_at = utcnow()
         run.duration = time.monotonic() - t0
+        self._heartbeat.watch(session.session_id)
         with contextlib.suppress(DcmProcessorError):  # post-services deletes its own record
             store.update_job(
                 record.id,
                 status=run.status,
                 finished_at=run.finished_at,
-                error=(run.traceback or run.error or "")[-ERROR_TAIL:] or None,
+                error=run.stored_error(),
             )
         session.jobs.append(run)
         self.observer.job_finished(run)
@@ -493,6 +628,7 @@ class Runner:
         from ..hooks import run_post_services, run_pre_services
 
         ctx = self._context(session.session_id, peer)
+        self._heartbeat.watch(session.session_id)
         self.observer.session_started(session)
         pre = self._hook(store, session, ctx, "pre-services", run_pre_services)
         history: dict[str, list[str]] = {}
@@ -519,14 +655,13 @@ class Runner:
             if target in self._exported:
                 target = self.output_dir / f"{_safe_dir_name(group.label)}-{session.session_id[:8]}"
             self._exported.add(target)
-            files = export_session(store, session.session_id, target)
-            session.exported_to = str(target)
-            session.exported_files = [str(p) for p in files]
-            self.observer.message(
-                f"exported {len(files)} file(s) of session {session.session_id[:12]} to {target}"
-            )
+            self._export(store, session, target)
         if self.keep_session:
             session.kept_reason = "--keep-session"
+        elif session.export_failed and not self.cleanup_on_failure:
+            session.kept_reason = (
+                session.kept_reason or "export failed: session kept so no result is lost"
+            )
         elif not session.ok and not self.cleanup_on_failure:
             session.kept_reason = session.kept_reason or "a job failed: session kept for inspection"
         if session.kept_reason is None:
@@ -534,7 +669,48 @@ class Runner:
             session.cleaned_up = post.status == SUCCEEDED
         else:
             logger.info("session %s kept (%s)", session.session_id, session.kept_reason)
+            store.update_session(session.session_id, status="kept")
+        self._finished(session.session_id)
         self.observer.session_finished(session)
+
+    def _export(self, store: Store, session: SessionRun, target: Path) -> None:
+        """Export the session to ``target``; what cannot be written is reported in
+        ``session.export_failed``, never raised (the run's report must not be lost)."""
+        session.exported_to = str(target)
+        try:
+            files = export_session(store, session.session_id, target, failed=session.export_failed)
+        except (DcmProcessorError, OSError) as exc:
+            reason = mask_secrets(f"{type(exc).__name__}: {exc}")
+            session.export_failed.append({"name": str(target), "job_name": "", "reason": reason})
+            logger.warning("export of session %s failed: %s", session.session_id, reason)
+            files = []
+        session.exported_files = [str(p) for p in files]
+        failed = f", {len(session.export_failed)} failed" if session.export_failed else ""
+        self.observer.message(
+            f"exported {len(files)} file(s){failed} of session {session.session_id[:12]} "
+            f"to {target}"
+        )
+
+    def _finished(self, session_id: str) -> None:
+        """``session_id`` is done with (kept, cleaned up or deleted)."""
+        self._heartbeat.release(session_id)
+        with contextlib.suppress(ValueError):
+            self._unfinished.remove(session_id)
+
+    def _start(self, store: Store, run: JobRun) -> None:
+        """Record ``run`` as running, owned by this runner, and tell the observer."""
+        assert run.job_id is not None
+        run.started_at = utcnow()
+        run.status = "running"
+        store.update_job(
+            run.job_id,
+            status="running",
+            started_at=run.started_at,
+            owner=self._owner,
+            heartbeat_at=run.started_at,
+        )
+        self._heartbeat.watch(run.session_id, run.job_id)
+        self.observer.job_started(run)
 
     # ---------------------------------------------------------------- event
     def _run_event(
@@ -574,11 +750,11 @@ class Runner:
             except Exception as exc:
                 import traceback
 
-                run = JobRun(sid, job.name, event, kind, object_id, label, status="failed")
-                run.error = (
-                    f"registry callback {job.registry_entry!r} raised {type(exc).__name__}: {exc}"
+                run = JobRun(sid, job.name, event, kind, object_id, label)
+                run.fail(
+                    f"registry callback {job.registry_entry!r} raised {type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
                 )
-                run.traceback = traceback.format_exc()
                 run.reason = "registry callback failed"
                 session.jobs.append(run)
                 history.setdefault(job.name, []).append("failed")
@@ -643,10 +819,7 @@ class Runner:
     ) -> None:
         assert run.job_id is not None
         job_ctx = ctx.replace(job_id=run.job_id, job_event=run.event, job_name=job.name)
-        run.started_at = utcnow()
-        run.status = "running"
-        store.update_job(run.job_id, status="running", started_at=run.started_at)
-        self.observer.job_started(run)
+        self._start(store, run)
         spec = {
             "entry": job.worker_entry,
             "base_dir": str(self.manifest.module_dir),
@@ -678,20 +851,22 @@ class Runner:
                 timeout=job.timeout,
                 timeout_text=job.timeout_text,
                 work_dir=work_dir,
-                name=f"{job.name}-{run.job_id[:8]}",
+                name=f"{_safe_dir_name(job.name)}-{run.job_id[:8]}",
+                marker=run.job_id,
                 on_output=lambda line: self.observer.job_output(run, line),
                 on_poll=poll,
                 poll_interval=self.poll_interval,
             )
-        except BaseException as exc:  # Ctrl-C: the job process was killed; say so in the store
+        except BaseException as exc:  # a signal: the job's processes were ended; say so
             with contextlib.suppress(Exception):
                 store.update_job(
                     run.job_id,
                     status="failed",
                     finished_at=utcnow(),
-                    error=f"interrupted: {type(exc).__name__}",
+                    error=f"{_stop_reason(exc)} - the job's processes were ended",
                 )
             raise
+        self._heartbeat.watch(run.session_id)
         run.status = outcome.status
         run.result = outcome.result
         run.error = outcome.error
@@ -699,16 +874,16 @@ class Runner:
         run.duration = outcome.duration
         run.log_path = str(outcome.log_path) if outcome.log_path else None
         run.finished_at = utcnow()
-        detail = outcome.traceback or outcome.error
+        detail = run.stored_error()
         if outcome.status != SUCCEEDED and outcome.output_tail and not outcome.traceback:
-            detail = f"{outcome.error}\n--- output tail ---\n" + "\n".join(
-                outcome.output_tail[-20:]
+            detail = bound_text(
+                f"{outcome.error}\n--- output tail ---\n" + "\n".join(outcome.output_tail[-20:])
             )
         record = store.update_job(
             run.job_id,
             status=run.status,
             finished_at=run.finished_at,
-            error=detail[-ERROR_TAIL:] if detail else None,
+            error=detail,
         )
         run.progress = record.progress
         logger.info(
