@@ -427,6 +427,10 @@ def test_masking_covers_urls_conninfo_and_registered_secrets() -> None:
 
 
 # --------------------------------------------------------------- 9. unbounded error text
+#: Characters an error text keeps (docs/runner.md: "beyond 4,000 characters ...").
+TEXT_LIMIT = 4000
+
+
 @pytest.mark.parametrize(
     ("params", "kept"),
     [
@@ -438,8 +442,6 @@ def test_masking_covers_urls_conninfo_and_registered_secrets() -> None:
 def test_error_text_is_bounded_head_and_tail(
     tmp_path: Path, data: Path, params: dict[str, Any], kept: tuple[str, str]
 ) -> None:
-    from dcm_processor_service._safe_text import TEXT_LIMIT
-
     service = _service(
         tmp_path, [{"jobName": "flood", "workerEntry": "svc_workers.flood", "params": params}]
     )
