@@ -26,7 +26,7 @@ from dcm_processor_service.dicom.geometry import (
 from dcm_processor_service.dicom.index import ingest
 from dcm_processor_service.dicom.select import SeriesSelector, select_series
 from dcm_processor_service.store import Store, open_store
-from support.dicomdata import DICOMDIR_TESTS, files_in, write_ct_series
+from support.dicomdata import DICOMDIR_TESTS, files_in, platform_patient_uid, write_ct_series
 from support.stores import PROVIDERS, make_store
 
 SESSION = "select-session"
@@ -327,8 +327,9 @@ def test_candidates_by_study_patient_series_and_context(indexed: Indexed, tmp_pa
     ct5n = next(s for s in store.list_series() if s["Metadata"].get("SeriesNumber") == 5)
     by_study = select_series({"Modality": "CT"}, study_id=ct5n["StudyInstanceUID"], store=store)
     assert {s["StudyInstanceUID"] for s in by_study} == {ct5n["StudyInstanceUID"]}
-    by_patient = select_series({"Modality": "CT"}, patient_id="pid:77654033", store=store)
-    assert [s["PatientUID"] for s in by_patient] == ["pid:77654033"]
+    patient = platform_patient_uid("77654033")
+    by_patient = select_series({"Modality": "CT"}, patient_id=patient, store=store)
+    assert [s["PatientUID"] for s in by_patient] == [patient]
     assert (
         select_series({"Modality": "CT"}, series=[ct5n["_id"], ct5n], store=store)[0]["_id"]
         == ct5n["_id"]
@@ -342,7 +343,7 @@ def test_candidates_by_study_patient_series_and_context(indexed: Indexed, tmp_pa
             db_provider=provider, db_url=url, db_name=name, session_id="other-session"
         ):
             (only,) = select_series({"Modality": "CT", "Plane": "axial"})
-            assert only["PatientUID"] == "pid:OTHER"
+            assert only["PatientUID"] == platform_patient_uid("OTHER")
         with pytest.raises(Exception, match="DCM-PROCESSOR-SERVICE-SESSION-ID"):
             select_series({"Modality": "CT"}, store=store)
     finally:

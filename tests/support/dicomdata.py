@@ -24,6 +24,7 @@ __all__ = [
     "DICOMDIR_TESTS",
     "TEST_FILES",
     "files_in",
+    "platform_patient_uid",
     "sha256_file",
     "test_file",
     "write_ct_series",
@@ -52,6 +53,13 @@ test_file.__test__ = False  # type: ignore[attr-defined]  # not a test, despite 
 def files_in(folder: str | os.PathLike[str]) -> list[Path]:
     """Every regular file below ``folder``, sorted."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+
+
+def platform_patient_uid(key_text: str) -> str:
+    """The PatientUID the platform gives a patient whose key text (``"<PatientID>"``,
+    ``"<PatientID>::<Issuer>"``, ``"<Name>::<Birth>::<Sex>"`` or the StudyInstanceUID)
+    is ``key_text``: its sha256 in hex (written out here, independent of the code)."""
+    return hashlib.sha256(key_text.encode("utf-8")).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

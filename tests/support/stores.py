@@ -4,8 +4,9 @@ Each provider gets a brand-new empty store per test: SQLite a file in ``tmp_path
 PostgreSQL a new database on the server the test session started (the session-scoped
 ``postgres_server`` fixture, started only when a PostgreSQL test runs), dropped after
 the test. MongoDB runs on mongomock, an in-process fake (no MongoDB server can be
-installed on the test machines, see TESTING.md), through the provider's ``mongomock://``
-URL test hook: a fresh database per test, dropped after it.
+installed on the test machines, see TESTING.md): the real provider with its client
+replaced, registered as the test provider ``mongomock`` (``support.mongo``); a fresh
+database per test, dropped after it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from dcm_processor_service.store import InstanceInput
 PROVIDERS: list[str] = ["sqlite", "postgresql", "mongodb"]
 
 #: Providers whose test store lives inside the test process, so processes the test
-#: spawns cannot see it (mongomock keeps its data in memory).
-IN_PROCESS_ONLY: dict[str, str] = {
-    "mongodb": "the mongodb provider is tested on mongomock, an in-process fake (no MongoDB "
-    "server can run here), which child processes cannot share",
-}
+#: spawns cannot see it (mongomock keeps its data in memory). Keyed by the provider
+#: parameter and by the provider name ``make_store`` returns for it.
+_MONGOMOCK_ONLY = (
+    "the mongodb provider is tested on mongomock, an in-process fake (no MongoDB server "
+    "can run here), which child processes cannot share"
+)
+IN_PROCESS_ONLY: dict[str, str] = {"mongodb": _MONGOMOCK_ONLY, "mongomock": _MONGOMOCK_ONLY}
 
 
 def requires_shared_server(provider: str) -> None:
@@ -52,11 +55,12 @@ def make_store(
         pytest.importorskip("mongomock", reason="the mongodb tests run on mongomock")
         import uuid
 
-        from dcm_processor_service.store.mongodb import drop_mongomock_database
+        from . import mongo
 
-        url, name = "mongomock://contract", f"test-{uuid.uuid4().hex}"
-        request.addfinalizer(lambda: drop_mongomock_database(url, name))
-        return ("mongodb", url, name)
+        mongo.register()
+        name = f"test-{uuid.uuid4().hex}"
+        request.addfinalizer(lambda: mongo.drop_database("contract", name))
+        return (mongo.PROVIDER, "mongodb://contract", name)
     raise AssertionError(f"no test store recipe for provider {provider!r}")
 
 

@@ -39,7 +39,9 @@ Memory does not grow with the number of files: files are read one at a time (hea
 ``stop_before_pixels``, then streamed), and no dataset is kept. The report keeps one small
 entry per file; use :func:`iter_ingest` to consume outcomes one by one instead.
 
-Patient key (the record's ``PatientUID``), a deterministic string — see :func:`patient_key`.
+Patient key (the record's ``PatientUID``): the platform's sha256 derivation — see
+:func:`patient_key`. Record ``Metadata`` values follow the platform's rules — see
+:func:`~dcm_processor_service.dicom.simplified_json.metadata_values`.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NamedTuple, cast
-from urllib.parse import quote
 
 from pydicom import dcmread, dcmwrite
 from pydicom.datadict import tag_for_keyword
@@ -84,7 +85,9 @@ from pydicom.valuerep import PersonName
 from .._errors import DicomInputError, InvalidInputError
 from .._runtime import store_for
 from ..store.base import Store
+from ..store.record_values import patient_uid
 from ..store.records import InstanceInput
+from .simplified_json import metadata_values
 
 __all__ = [
     "INSTANCE_KEYWORDS",
@@ -119,6 +122,7 @@ PATIENT_KEYWORDS: Final = (
     "PatientAge",
     "PatientSize",
     "PatientWeight",
+    "PatientAddress",
     "EthnicGroup",
     "PatientComments",
     "PatientSpeciesDescription",
@@ -142,6 +146,8 @@ STUDY_KEYWORDS: Final = (
     "RequestedProcedureDescription",
     "AdmittingDiagnosesDescription",
     "ReasonForTheRequestedProcedure",
+    "StudyStatusID",
+    "StudyPriorityID",
 )
 
 #: Series-level tags kept in the series record ``Metadata`` (with equipment and
@@ -158,6 +164,7 @@ SERIES_KEYWORDS: Final = (
     "SeriesTime",
     "PatientPosition",
     "PerformedProcedureStepDescription",
+    "PerformedProcedureStepID",
     "OperatorsName",
     "PerformingPhysicianName",
     "FrameOfReferenceUID",
@@ -218,6 +225,14 @@ INSTANCE_KEYWORDS: Final = (
 )
 
 _REQUIRED_UIDS: Final = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_PATIENT_KEY_KEYWORDS: Final = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+)
 _EXTRA_HEADER_KEYWORDS: Final = (
     "SOPClassUID",
     "SOPInstanceUID",
@@ -445,37 +460,25 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _quote(value: str) -> str:
-    return quote(value, safe=" !\"#$&'()*+,-./:;<=>?[\\]^_`{}~")
-
-
 def patient_key(ds: Dataset) -> str:
-    """The deterministic ``PatientUID`` of a dataset's patient.
+    """The ``PatientUID`` of a dataset's patient: the platform's derivation (the hex
+    sha256 of ``PatientID[::IssuerOfPatientID]``, else of
+    ``PatientName[::PatientBirthDate][::PatientSex]``, else of ``StudyInstanceUID``),
+    computed from the record ``Metadata`` values — see
+    :func:`~dcm_processor_service.store.record_values.patient_uid`.
 
-    - ``pid:<PatientID>`` — when PatientID is not empty and IssuerOfPatientID is;
-    - ``pid:<PatientID>@<IssuerOfPatientID>`` — when both are set;
-    - ``pn:<PatientName>|<PatientBirthDate>|<PatientSex>`` — without PatientID, when
-      PatientName and PatientBirthDate are set (sex may be empty);
-    - ``study:<StudyInstanceUID>`` — otherwise (each study is its own patient).
-
-    Values are stripped of surrounding spaces (PatientName also of trailing ``^``/``=``
-    separators, so ``Doe^John^^`` equals ``Doe^John``); case is kept. ``%``, ``@`` and
-    ``|`` inside a value are percent-encoded, so distinct inputs never give the same key.
+    Raises :class:`DicomInputError` when the dataset has none of these.
     """
-    pid = _text(ds, "PatientID")
-    if pid:
-        issuer = _text(ds, "IssuerOfPatientID")
-        return f"pid:{_quote(pid)}" + (f"@{_quote(issuer)}" if issuer else "")
-    name = _text(ds, "PatientName").rstrip("^= ")
-    birth = _text(ds, "PatientBirthDate")
-    if name and birth:
-        return f"pn:{_quote(name)}|{_quote(birth)}|{_quote(_text(ds, 'PatientSex'))}"
-    study = _text(ds, "StudyInstanceUID")
-    if not study:
+    values = metadata_values(ds, _PATIENT_KEY_KEYWORDS)
+    if not any(values.get(k) for k in ("PatientID", "PatientName", "StudyInstanceUID")):
         raise DicomInputError(
-            "cannot build a patient key: no PatientID, no PatientName + PatientBirthDate, no StudyInstanceUID"
+            "cannot build a patient key: no PatientID, no PatientName, no StudyInstanceUID"
         )
-    return f"study:{study}"
+    return patient_uid(values)
+
+
+def _pick(values: dict[str, Any], keywords: tuple[str, ...]) -> dict[str, Any]:
+    return {k: values[k] for k in keywords if k in values}
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -521,12 +524,13 @@ def instance_input(
         uids[keyword] = value
     if problems:
         raise DicomInputError("; ".join(problems))
-    patient_meta = _metadata(ds, PATIENT_KEYWORDS)
-    study_meta = {**_metadata(ds, STUDY_KEYWORDS), "StudyInstanceUID": uids["StudyInstanceUID"]}
-    series_meta = {**_metadata(ds, SERIES_KEYWORDS), "SeriesInstanceUID": uids["SeriesInstanceUID"]}
+    header = {**metadata_values(ds), **uids}
+    patient_meta = _pick(header, PATIENT_KEYWORDS)
+    study_meta = _pick(header, STUDY_KEYWORDS)
+    series_meta = _pick(header, SERIES_KEYWORDS)
     modality = series_meta.get("Modality")
     return InstanceInput(
-        patient_uid=patient_key(ds),
+        patient_uid=patient_uid(header),
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -539,6 +543,7 @@ def instance_input(
         modality=str(modality) if isinstance(modality, str) and modality else None,
         peer_id=peer_id,
         session_id=session_id,
+        header=header,
     )
 
 

@@ -15,6 +15,10 @@ Rules (:func:`get_simplified_json`):
 * ``PatientAge`` becomes an ``int`` number of whole years (``"045Y"`` -> ``45``,
   ``"018M"`` -> ``1``); ``Slices`` is added when ``n_slices`` is given.
 * A value pydicom cannot parse (e.g. a malformed ``DS``) is kept as its raw text.
+
+:func:`metadata_values` gives the values of the index records' ``Metadata`` instead
+(the dcm-processor platform's rules: an empty tag is left out rather than ``None``,
+sequences are not included); see its documentation.
 """
 
 from __future__ import annotations
@@ -22,42 +26,26 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
+from collections.abc import Iterable
 from typing import Any, Final
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from .._errors import DicomInputError, InvalidInputError
+from ..store.record_values import parse_patient_age
 
-__all__ = ["get_simplified_json", "parse_patient_age"]
+__all__ = ["get_simplified_json", "metadata_values", "parse_patient_age"]
 
 logger = logging.getLogger(__name__)
 
 _BINARY_VRS: Final = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
 _INT_VRS: Final = frozenset({"IS", "SS", "US", "SL", "UL", "SV", "UV", "US or SS"})
 _FLOAT_VRS: Final = frozenset({"DS", "FL", "FD"})
-_AGE_RE: Final = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
-_DAYS_PER: Final = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
-
-
-def parse_patient_age(value: Any) -> int | None:
-    """``"045Y"`` -> 45; months, weeks and days are converted to whole years.
-
-    Returns ``None`` for an empty or unparsable age.
-    """
-    if value is None:
-        return None
-    match = _AGE_RE.match(str(value))
-    if not match:
-        return None
-    number, unit = int(match.group(1)), (match.group(2) or "Y").upper()
-    if unit == "Y":
-        return number
-    return int(number * _DAYS_PER[unit] // 365.25)
 
 
 def _scalar(value: Any, vr: str) -> Any:
@@ -123,6 +111,91 @@ def _simplify(dataset: Dataset, sequences: bool, depth: int) -> dict[str, Any]:
         else:
             result[keyword] = _scalar(value, elem.VR)
     return result
+
+
+# ------------------------------------------------------------- record Metadata
+_OMIT: Final = object()
+
+
+def _metadata_item(value: Any, vr: str) -> Any:
+    if vr in _INT_VRS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return str(value)
+    if vr in _FLOAT_VRS:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return number if math.isfinite(number) else None
+    if vr == "AT":
+        return f"{int(value):08X}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+    return str(value)
+
+
+def _metadata_value(dataset: Dataset, tag: Any) -> Any:
+    """The record ``Metadata`` value of one top-level element, or ``_OMIT``."""
+    try:
+        elem = dataset[tag]
+        value = elem.value
+    except Exception:  # a value pydicom cannot parse: kept as its raw text
+        return _raw_text(dataset, tag) or _OMIT
+    keyword = elem.keyword
+    if not keyword or elem.VR == "SQ" or elem.VR in _BINARY_VRS:
+        return _OMIT
+    if isinstance(value, (bytes, bytearray)):
+        return _OMIT
+    if keyword == "PatientName":  # always text, "" when empty (as the platform stores it)
+        if isinstance(value, (MultiValue, list, tuple)):
+            return "\\".join(str(v) for v in value)
+        return "" if value is None else str(value)
+    if value is None or value == "":
+        return _OMIT
+    if isinstance(value, (MultiValue, list, tuple)):
+        if not value:
+            return _OMIT
+        return [_metadata_item(v, elem.VR) for v in value]
+    if keyword == "PatientAge":
+        age = parse_patient_age(value)
+        return str(value) if age is None else age
+    item = _metadata_item(value, elem.VR)
+    return _OMIT if item is None else item
+
+
+def metadata_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> dict[str, Any]:
+    """The record ``Metadata`` values of ``dataset``'s top-level elements (only
+    ``keywords`` when given), by the platform's rules.
+
+    These are what the series, study and patient records hold (SPEC §4) and what the
+    ``PatientUID`` is derived from (:func:`~dcm_processor_service.store.record_values.patient_uid`):
+
+    * an empty element is left out — except ``PatientName``, always text (``""`` when
+      empty);
+    * person names are text (``"Doe^John"``); ``IS``/``SS``/``US``/``SL``/``UL``/… are
+      ``int``; ``DS``/``FL``/``FD`` are ``float`` (a non-finite value is left out);
+      ``AT`` is ``"GGGGEEEE"``; dates, times, UIDs and other text stay text as stored;
+    * several values become a list (an empty item of a text list stays ``""``, of a
+      number list becomes ``None``);
+    * ``PatientAge`` is an ``int`` of whole years (``"045Y"`` → 45, ``"018M"`` → 1);
+      an age without digits stays text;
+    * sequences, binary values (``OB``/``OW``/``UN``…), private tags and group lengths
+      are left out.
+    """
+    out: dict[str, Any] = {}
+    if keywords is None:
+        # keys(), not iteration: iterating a Dataset decodes every element
+        tags = [t for t in dataset.keys() if not t.is_private and t.element and t.group != 2]  # noqa: SIM118
+    else:
+        present = dataset.keys()
+        tags = [t for t in (Tag(k) for k in keywords if tag_for_keyword(k)) if t in present]
+    for tag in tags:
+        value = _metadata_value(dataset, tag)
+        if value is not _OMIT:
+            out[pydicom.datadict.keyword_for_tag(tag)] = value
+    return out
 
 
 def get_simplified_json(

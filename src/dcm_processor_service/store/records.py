@@ -187,6 +187,8 @@ class InstanceInput:
     ``patient_meta``/``study_meta``/``series_meta`` are keyword -> JSON value dicts.
     ``instance_meta`` holds per-instance values used for sorting and selection
     (InstanceNumber, ImagePositionPatient, ImageOrientationPatient, SliceThickness...).
+    ``header`` holds the record ``Metadata`` values of every top-level tag the ingest
+    read (the ``mongodb`` provider keeps it as the platform's GridFS file metadata).
     """
 
     patient_uid: str
@@ -202,3 +204,4 @@ class InstanceInput:
     modality: str | None = None
     peer_id: str | None = None
     session_id: str | None = None
+    header: dict[str, Any] = field(default_factory=dict)
