@@ -12,6 +12,10 @@ from dcm_processor_service.store import Store
 from support.postgres import PostgresServer, require_pg_bin
 from support.stores import PROVIDERS, make_store
 
+#: The platform cross-checks run only inside the platform's environment, where
+#: tests/test_mongodb_platform.py starts them with DCM_PLATFORM_CHECKS=1.
+collect_ignore = [] if os.environ.get("DCM_PLATFORM_CHECKS") == "1" else ["platform_checks"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -129,6 +129,12 @@ def _store(store: Store | None) -> Store:
 
 
 def _check_key(value: object, what: str) -> str:
+    # a platform job's headers carry record ids as ObjectIds (the worker decodes its
+    # arguments with bson's json_util) or, decoded as plain JSON, as {"$oid": "..."}
+    if isinstance(value, dict) and set(value) == {"$oid"}:
+        value = value["$oid"]
+    elif type(value).__name__ == "ObjectId":
+        value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise InvalidInputError(
             f"invalid {what} {value!r} - must be a non-empty str (record _id or UID)"
@@ -151,13 +157,13 @@ def sort_instances(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def list_instances(series_id: str, *, store: Store | None = None) -> list[InstanceRecord]:
     """The instance records of a series (``_id`` or SeriesInstanceUID) in anatomical
     order; :class:`NotFoundError` for an unknown series."""
-    _check_key(series_id, "series id")
+    series_id = _check_key(series_id, "series id")
     return sort_instances(_store(store).list_instances(series_id))  # type: ignore[return-value]
 
 
 def get_instance(instance_id: str, *, store: Store | None = None) -> InstanceRecord:
     """An instance record by ``_id`` or SOPInstanceUID."""
-    _check_key(instance_id, "instance id")
+    instance_id = _check_key(instance_id, "instance id")
     return _store(store).get_instance(instance_id)  # type: ignore[return-value]
 
 
@@ -282,7 +288,7 @@ def get_series_dicom(
 
 def get_series(series_id: str, *, store: Store | None = None) -> SeriesRecord:
     """The series record by ``_id`` or SeriesInstanceUID; :class:`NotFoundError` naming it."""
-    _check_key(series_id, "series id")
+    series_id = _check_key(series_id, "series id")
     return _store(store).get_series(series_id)  # type: ignore[return-value]
 
 
@@ -313,7 +319,7 @@ def session_series(
 # ------------------------------------------------------------ study, patient
 def get_study(study_id: str, *, store: Store | None = None) -> StudyRecord:
     """The study record by ``_id`` or StudyInstanceUID."""
-    _check_key(study_id, "study id")
+    study_id = _check_key(study_id, "study id")
     return _store(store).get_study(study_id)  # type: ignore[return-value]
 
 
@@ -326,7 +332,7 @@ def list_studies(
 
 def get_patient(patient_id: str, *, store: Store | None = None) -> PatientRecord:
     """The patient record by ``_id`` or PatientUID."""
-    _check_key(patient_id, "patient id")
+    patient_id = _check_key(patient_id, "patient id")
     return _store(store).get_patient(patient_id)  # type: ignore[return-value]
 
 

@@ -40,7 +40,7 @@ from datetime import timedelta
 from typing import Any, BinaryIO, Final
 
 import bson
-from bson import ObjectId
+from bson import Int64, ObjectId
 
 from ..._errors import IntegrityError, NotFoundError, StorageError
 from ..base import CHUNK_SIZE
@@ -281,7 +281,7 @@ class GridBucket(BlobStore):
         doc: dict[str, Any] = {
             "_id": replace if replace is not None else chunk_id,
             "filename": filename,
-            "length": size,
+            "length": Int64(size),  # a BSON long, as pymongo's GridFS writes it
             "chunkSize": GRIDFS_CHUNK_SIZE,
             "uploadDate": stamp,
             "metadata": {
