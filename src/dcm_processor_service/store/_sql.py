@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, TypeVar
 from .._errors import NotFoundError, StorageError
 from .base import JobRef, Store
 from .blobs import BlobInfo, BlobStore
+from .record_values import patient_uid, platform_metadata
 from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord, utcnow
 
 __all__ = ["SCHEMA", "SQLStore", "Tx"]
@@ -35,8 +36,56 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Versioned schema: (version, statements). Applied in order, each version once.
-SCHEMA: list[tuple[int, list[str]]] = [
+
+def _platform_patient_keys(tx: Tx) -> None:
+    """Schema 3 (data only): the platform's ``PatientUID`` and record ``Metadata`` values
+    (``record_values``) for the index that dcm-processor-service 0.1 filed.
+
+    Each patient gets the key its stored ``Metadata`` gives under the platform's rule (the
+    StudyInstanceUID of its oldest study when it has no PatientID and no PatientName).
+    Patients that now share a key are merged into the oldest: their studies and series
+    move to it (the platform's rule needs no birth date beside a name, so patients 0.1
+    kept apart by study can become one). Sessions follow their patient's new key.
+    """
+    merged: dict[str, str] = {}  # new key -> id of the patient keeping it
+    for row in tx.query("SELECT id, patient_uid, meta FROM patients ORDER BY created_at, id"):
+        meta = json.loads(row["meta"])
+        study = tx.one(
+            "SELECT study_uid FROM studies WHERE patient_id = ? ORDER BY created_at, id LIMIT 1",
+            (row["id"],),
+        )
+        key = patient_uid({**meta, "StudyInstanceUID": study["study_uid"] if study else ""})
+        tx.execute(
+            "UPDATE sessions SET patient_uid = ? WHERE patient_uid = ?", (key, row["patient_uid"])
+        )
+        keeper = merged.setdefault(key, row["id"])
+        if keeper != row["id"]:
+            for table in ("studies", "series"):
+                tx.execute(
+                    f"UPDATE {table} SET patient_id = ? WHERE patient_id = ?", (keeper, row["id"])
+                )
+            tx.execute("DELETE FROM patients WHERE id = ?", (row["id"],))
+            logger.info(
+                "schema 2: patient %s merged into %s (PatientUID %s)", row["id"], keeper, key
+            )
+            continue
+        tx.execute(
+            "UPDATE patients SET patient_uid = ?, meta = ? WHERE id = ?",
+            (key, _dumps(platform_metadata(meta)), row["id"]),
+        )
+    for table in ("studies", "series"):
+        for row in tx.query(f"SELECT id, meta FROM {table}"):
+            meta = json.loads(row["meta"])
+            cleaned = platform_metadata(meta)
+            if cleaned != meta:
+                tx.execute(
+                    f"UPDATE {table} SET meta = ? WHERE id = ?", (_dumps(cleaned), row["id"])
+                )
+
+
+#: Versioned schema: (version, steps) — SQL statements, or functions of a transaction
+#: for data changes. Applied in order, each version once.
+SCHEMA: list[tuple[int, list[str | Callable[[Tx], None]]]] = [
     (
         1,
         [
@@ -99,6 +148,7 @@ SCHEMA: list[tuple[int, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN heartbeat_at TEXT",
         ],
     ),
+    (3, [_platform_patient_keys]),  # the platform's PatientUID and Metadata values
 ]
 
 SCHEMA_VERSION = SCHEMA[-1][0]
@@ -207,7 +257,10 @@ class SQLStore(Store):
             if version <= current:
                 continue
             for statement in statements:
-                tx.execute(statement)
+                if callable(statement):
+                    statement(tx)
+                else:
+                    tx.execute(statement)
             tx.execute(
                 "INSERT INTO schema_version (component, version, applied_at) VALUES ('core', ?, ?) "
                 "ON CONFLICT (component) DO UPDATE SET version = excluded.version, "
