@@ -4,6 +4,7 @@ gets the platform's PatientUID and Metadata values when the store is next opened
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,14 @@ def _as_version_2(store: Store) -> None:
             tx.execute(
                 "INSERT INTO studies (id, study_uid, patient_id, peer_id, meta, created_at, updated_at)"
                 " VALUES (?, ?, ?, NULL, ?, ?, ?)",
-                (sid, uid, pid, '{"AccessionNumber":"","StudyInstanceUID":"%s"}' % uid, NOW, NOW),
+                (
+                    sid,
+                    uid,
+                    pid,
+                    json.dumps({"AccessionNumber": "", "StudyInstanceUID": uid}),
+                    NOW,
+                    NOW,
+                ),
             )
             tx.execute(
                 "INSERT INTO series (id, series_uid, study_id, patient_id, peer_id, modality, meta,"
