@@ -341,9 +341,20 @@ def _leave_journal(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, content: 
 
 
 def _age_journal(mongo: MongoStore) -> dict:
+    """Move the file's upload and the swap's start back in time (the writer died long ago)."""
     files = mongo.database["sessionfiles.files"]
-    old = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
-    files.update_one({}, {"$set": {f"metadata.{EXTRA}.swap.since": old}})
+    uploaded = dt.datetime(1999, 12, 31, tzinfo=dt.timezone.utc)
+    started = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    files.update_one(
+        {},
+        {
+            "$set": {
+                "uploadDate": uploaded,
+                f"metadata.{EXTRA}.uploadDate": uploaded,
+                f"metadata.{EXTRA}.swap.since": started,
+            }
+        },
+    )
     return files.find_one()["metadata"][EXTRA]["swap"]
 
 
@@ -371,6 +382,28 @@ def test_a_replacement_whose_writer_died_is_completed_not_lost(
         assert reader.read() == new
     assert db["sessionfiles.chunks"].count_documents({"files_id": journal["chunks"]}) == 0
     assert "swap" not in db["sessionfiles.files"].find_one()["metadata"][EXTRA]
+
+
+def test_a_platform_upload_after_a_dead_writers_swap_wins(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform re-uploads a file whose replacement a dead writer left journaled
+    (its re-upload keeps the old metadata, journal included): its newer content stays."""
+    mongo.put_file(OWNER, "f", io.BytesIO(b"old"), content_type="text/plain")
+    _leave_journal(mongo, monkeypatch, b"ours, never finished")
+    db = mongo.database
+    doc = db["sessionfiles.files"].find_one()
+    journal = doc["metadata"][EXTRA]["swap"]
+    bucket = _platform_bucket(mongo, "sessionfiles")
+    bucket.delete(doc["_id"])
+    with bucket.open_upload_stream_with_id(doc["_id"], "x", metadata=doc["metadata"]) as up:
+        up.write(b"the platform's")
+    record = mongo.get_file(OWNER, "f")
+    assert record is not None and record.sha256 == ""  # stale, and the journal obsolete
+    with mongo.open_file(record) as reader:
+        assert reader.read() == b"the platform's"
+    assert "swap" not in db["sessionfiles.files"].find_one()["metadata"][EXTRA]
+    assert db["sessionfiles.chunks"].count_documents({"files_id": journal["chunks"]}) == 0
 
 
 def test_checksum_made_stale_by_a_platform_rewrite_is_not_corruption(mongo: MongoStore) -> None:

@@ -118,22 +118,9 @@ _OMIT: Final = object()
 
 
 def _metadata_item(value: Any, vr: str) -> Any:
-    if vr in _INT_VRS:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return str(value)
-    if vr in _FLOAT_VRS:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return str(value)
-        return number if math.isfinite(number) else None
-    if vr == "AT":
+    if vr == "AT":  # as the platform's JSON conversion writes it
         return f"{int(value):08X}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value if not isinstance(value, float) or math.isfinite(value) else None
-    return str(value)
+    return _scalar(value, vr)
 
 
 def _metadata_value(dataset: Dataset, tag: Any) -> Any:

@@ -315,13 +315,7 @@ class DicomIndex(SessionState):
     def _instance(self, doc: dict[str, Any], series_id: str | None) -> dict[str, Any]:
         meta = doc.get("metadata") or {}
         extra = _extra(meta)
-        sha256, stale = recorded_checksum(doc)
-        if stale:
-            logger.info(
-                "DICOM instance %s was rewritten by another writer (the platform) after this "
-                "package recorded its sha256; it is read unverified",
-                meta.get("SOPInstanceUID"),
-            )
+        sha256 = recorded_checksum(doc, f"DICOM instance {meta.get('SOPInstanceUID')}")
         instance_meta = extra.get("instance")
         if not isinstance(instance_meta, dict):  # a file the platform wrote
             instance_meta = {k: v for k, v in meta.items() if k not in _NOT_HEADER}

@@ -85,18 +85,24 @@ def _split_key(key: str) -> tuple[Any, str | None]:
     return oid(file_id), (version if at else None)
 
 
-def recorded_checksum(doc: dict[str, Any]) -> tuple[str, bool]:
-    """(sha256, stale) of a file document: the checksum this package recorded when it
-    still describes the stored version, else ``""`` — with ``stale`` true when one was
-    recorded but the file has been rewritten since (by the platform)."""
+def recorded_checksum(doc: dict[str, Any], what: str) -> str:
+    """The sha256 this package recorded for a file document when it still describes the
+    stored version, else ``""`` (read unverified): none was recorded (the platform wrote
+    the file), or it is stale — the platform rewrote the file since (logged)."""
     extra = (doc.get("metadata") or {}).get(EXTRA) or {}
     sha = extra.get("sha256")
     if not isinstance(sha, str) or not sha:
-        return "", False
-    fresh = extra.get("length") == doc.get("length") and aware(extra.get("uploadDate")) == aware(
+        return ""
+    if extra.get("length") == doc.get("length") and aware(extra.get("uploadDate")) == aware(
         doc.get("uploadDate")
+    ):
+        return sha
+    logger.info(
+        "%s was rewritten by another writer (the platform) after this package recorded its "
+        "sha256; it is read unverified",
+        what,
     )
-    return (sha, False) if fresh else ("", True)
+    return ""
 
 
 def unique_filename(ext: str = "") -> str:
@@ -109,6 +115,13 @@ def _swap_of(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     journal = ((doc.get("metadata") or {}).get(EXTRA) or {}).get("swap")
     return journal if isinstance(journal, dict) else None
+
+
+def _obsolete(doc: dict[str, Any], journal: dict[str, Any]) -> bool:
+    """Whether the file was uploaded again after the swap began: the platform's
+    re-upload keeps the old metadata, journal included, but not the old content."""
+    uploaded, since = aware(doc.get("uploadDate")), aware(journal.get("since"))
+    return uploaded is not None and since is not None and uploaded > since
 
 
 class _ChunkWriter:
@@ -356,10 +369,15 @@ class GridBucket(BlobStore):
 
         def work(db: Any) -> None:
             files, chunks = db[f"{self.name}.files"], db[f"{self.name}.chunks"]
-            journal = _swap_of(files.find_one({"_id": target}, {_SWAP: 1}))
+            doc = files.find_one({"_id": target}, {_SWAP: 1, "uploadDate": 1})
+            journal = _swap_of(doc)
             if journal is None:
                 return
             mine = {"_id": target, f"{_SWAP}.chunks": journal["chunks"]}
+            if _obsolete(doc, journal):  # another writer's newer version stays
+                files.update_one(mine, {"$unset": {_SWAP: ""}})
+                chunks.delete_many({"files_id": journal["chunks"]})
+                return
             if journal.get("phase") == "clear":
                 chunks.delete_many({"files_id": target})
                 files.update_one(mine, {"$set": {f"{_SWAP}.phase": "move"}})
@@ -378,6 +396,9 @@ class GridBucket(BlobStore):
             if journal is None:
                 return doc
             since = aware(journal.get("since"))
+            if _obsolete(doc, journal):
+                self._finish(file_id)
+                continue
             if since is None or now() - since > timedelta(seconds=SWAP_STALE_S):
                 logger.warning(
                     "%s: completing the replacement of GridFS file %s in bucket %r that a "

@@ -485,13 +485,7 @@ class SessionState(MongoConnection):
                 job = self._run(lambda db: self._job_names(db, {meta.get("job_id")})).get(
                     str(meta.get("job_id")), (None, None)
                 )
-        sha256, stale = recorded_checksum(doc)
-        if stale:
-            logger.info(
-                "session file %r was rewritten by another writer after this package recorded "
-                "its sha256; it is read unverified",
-                meta.get("name"),
-            )
+        sha256 = recorded_checksum(doc, f"session file {meta.get('name')!r}")
         updated = aware(doc.get("uploadDate")) or utcnow()
         return FileRecord(
             id=str(doc["_id"]),
