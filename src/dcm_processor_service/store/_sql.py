@@ -66,7 +66,7 @@ def _platform_patient_keys(tx: Tx) -> None:
                 )
             tx.execute("DELETE FROM patients WHERE id = ?", (row["id"],))
             logger.info(
-                "schema 2: patient %s merged into %s (PatientUID %s)", row["id"], keeper, key
+                "schema 3: patient %s merged into %s (PatientUID %s)", row["id"], keeper, key
             )
             continue
         tx.execute(

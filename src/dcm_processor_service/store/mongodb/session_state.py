@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, BinaryIO
 
 import pymongo
@@ -64,6 +65,8 @@ _JOB_FIELDS = {
     "finished_at": f"{EXTRA}.finishedAt",
     "params": "data.kwargs.params",
     "service_name": "service_name",
+    "owner": f"{EXTRA}.owner",
+    "heartbeat_at": f"{EXTRA}.heartbeatAt",
 }
 _NEWEST_FILE = [("uploadDate", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 _SESSION_ORDER = [(f"{EXTRA}.createdAt", 1), (f"{EXTRA}.seq", 1), ("_id", 1)]
@@ -166,6 +169,8 @@ class SessionState(MongoConnection):
             meta=dict(extra.get("meta") or {}),
             created_at=created,
             updated_at=aware(extra.get("updatedAt")) or created,
+            owner=extra.get("owner"),
+            heartbeat_at=aware(extra.get("heartbeatAt")),
         )
 
     def _find_session(self, session_id: str) -> dict[str, Any] | None:
@@ -226,15 +231,24 @@ class SessionState(MongoConnection):
         return [self._session(d) for d in docs]
 
     def update_session(
-        self, session_id: str, *, status: str | None = None, meta: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        *,
+        status: str | None = None,
+        meta: dict[str, Any] | None = None,
+        owner: str | None = None,
+        heartbeat_at: datetime | None = None,
     ) -> SessionRecord:
         added = plain(meta or {}, "session meta")
+        beat = to_bson_time(heartbeat_at, "heartbeat_at")
 
         def change(doc: dict[str, Any]) -> dict[str, Any]:
             extra = _extra(doc)
             return {
                 f"{EXTRA}.status": status or extra.get("status") or "open",
                 f"{EXTRA}.meta": {**(extra.get("meta") or {}), **added},
+                f"{EXTRA}.owner": owner or extra.get("owner"),
+                f"{EXTRA}.heartbeatAt": beat or extra.get("heartbeatAt"),
                 f"{EXTRA}.updatedAt": now(),
             }
 
@@ -280,6 +294,8 @@ class SessionState(MongoConnection):
             finished_at=aware(extra.get("finishedAt")),
             created_at=created,
             updated_at=aware(extra.get("updatedAt")) or aware(doc.get("updatedAt")) or created,
+            owner=extra.get("owner"),
+            heartbeat_at=aware(extra.get("heartbeatAt")),
         )
 
     def create_job(
@@ -365,7 +381,7 @@ class SessionState(MongoConnection):
         for key, value in changes.items():
             if key in ("progress", "params"):
                 values[key] = plain(value or {}, f"job {key}")
-            elif key in ("started_at", "finished_at"):
+            elif key in ("started_at", "finished_at", "heartbeat_at"):
                 values[key] = to_bson_time(value, key)
             else:
                 values[key] = value
