@@ -335,7 +335,6 @@ def _leave_journal(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, content: 
 
     with monkeypatch.context() as patch:
         patch.setattr(GridBucket, "_finish", killed)
-        patch.setattr(GridBucket, "_drop_chunks", lambda self, chunk_id: None)  # no clean-up
         with pytest.raises(KeyboardInterrupt):
             mongo.put_file(OWNER, "f", io.BytesIO(content), content_type="text/plain")
 

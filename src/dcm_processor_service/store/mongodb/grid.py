@@ -307,11 +307,13 @@ class GridBucket(BlobStore):
         try:
             if replace is None:
                 self.conn._run(lambda db: db[f"{self.name}.files"].insert_one(doc))
-            else:
-                self._swap(replace, chunk_id, doc)
+                return doc
+            claimed = self._claim(replace, chunk_id, doc)
         except BaseException:
             self._drop_chunks(chunk_id)
             raise
+        if claimed:  # from here on the journal owns the new chunks: never dropped
+            self._finish(replace)
         return doc
 
     def write(self, source: BinaryIO) -> BlobInfo:
@@ -330,9 +332,11 @@ class GridBucket(BlobStore):
                 exc_info=True,
             )
 
-    def _swap(self, target: Any, chunk_id: ObjectId, doc: dict[str, Any]) -> None:
-        """Make ``doc`` (content in the chunks of ``chunk_id``) the new version of file
-        ``target``, keeping its ``_id``."""
+    def _claim(self, target: Any, chunk_id: ObjectId, doc: dict[str, Any]) -> bool:
+        """Journal the replacement of file ``target`` by ``doc`` (content in the chunks of
+        ``chunk_id``), once no other replacement is in progress; ``True`` when journaled
+        (:meth:`_finish` completes it), ``False`` when the file had gone and ``doc`` was
+        stored as a new file with its ``_id``."""
         journal = {
             "chunks": chunk_id,
             "phase": "clear",
@@ -351,11 +355,10 @@ class GridBucket(BlobStore):
                 )
             )
             if claimed:
-                self._finish(target)
-                return
+                return True
             if self.settled(target) is None:  # removed meanwhile: store it as a new file
                 self.conn._run(lambda db: self._adopt(db, target, chunk_id, doc))
-                return
+                return False
 
     def _adopt(self, db: Any, target: Any, chunk_id: ObjectId, doc: dict[str, Any]) -> None:
         db[f"{self.name}.chunks"].update_many(
