@@ -76,7 +76,9 @@ def _as_version_2(store: Store) -> None:
     store._run(work)  # type: ignore[attr-defined]
 
 
-def test_an_index_of_version_0_1_gets_the_platform_keys_and_values(sql_url: tuple[str, str, str]) -> None:
+def test_an_index_of_version_0_1_gets_the_platform_keys_and_values(
+    sql_url: tuple[str, str, str],
+) -> None:
     with open_store(*sql_url) as store:
         _as_version_2(store)
     with open_store(*sql_url) as store:  # opening migrates
