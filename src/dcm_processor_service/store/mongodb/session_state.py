@@ -123,6 +123,22 @@ class SessionState(MongoConnection):
 
         return self._run(work)
 
+    def _insert_once(self, collection: str, doc_id: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        """The document ``doc_id``, inserted with ``fields`` unless it exists (a
+        concurrent insert of the same id gives both callers the one document)."""
+
+        def work(db: Any) -> dict[str, Any]:
+            return dict(
+                db[collection].find_one_and_update(
+                    {"_id": doc_id},
+                    {"$setOnInsert": fields},
+                    upsert=True,
+                    return_document=pymongo.ReturnDocument.AFTER,
+                )
+            )
+
+        return self._converging(f"{collection} document {doc_id}", work)
+
     def _job_ids(self, session_id: str, name: str, event: str | None) -> list[Any]:
         """The ``_id`` of every job of the session with that name (and event)."""
         selector: dict[str, Any] = {"sessionId": {"$in": id_values(session_id)}, "job_name": name}
@@ -207,18 +223,7 @@ class SessionState(MongoConnection):
             if patient is not None:
                 fields["patient_id"] = patient["_id"]
         sid = oid(session_id) if session_id is not None else ObjectId()
-
-        def work(db: Any) -> dict[str, Any]:
-            return dict(
-                db.sessions.find_one_and_update(
-                    {"_id": sid},
-                    {"$setOnInsert": fields},
-                    upsert=True,
-                    return_document=pymongo.ReturnDocument.AFTER,
-                )
-            )
-
-        return self._session(self._converging(f"session {sid}", work))
+        return self._session(self._insert_once("sessions", sid, fields))
 
     def get_session(self, session_id: str) -> SessionRecord:
         doc = self._find_session(session_id)
@@ -336,18 +341,7 @@ class SessionState(MongoConnection):
             },
         }
         jid = oid(job_id) if job_id is not None else ObjectId()
-
-        def work(db: Any) -> dict[str, Any]:
-            return dict(
-                db.jobs.find_one_and_update(
-                    {"_id": jid},
-                    {"$setOnInsert": fields},
-                    upsert=True,
-                    return_document=pymongo.ReturnDocument.AFTER,
-                )
-            )
-
-        return self._job(self._converging(f"job {jid}", work))
+        return self._job(self._insert_once("jobs", jid, fields))
 
     def get_job(self, job_id: str) -> JobRecord:
         doc = self._run(lambda db: db.jobs.find_one({"_id": {"$in": id_values(job_id)}}))
