@@ -13,6 +13,7 @@ import pytest
 
 from dcm_processor_service.cli import main
 from dcm_processor_service.store import open_store
+from support.cli import cli_json
 from support.services import sample_series, write_service
 
 
@@ -26,13 +27,6 @@ def data(tmp_path: Path) -> Path:
 @pytest.fixture
 def store_args(tmp_path: Path) -> list[str]:
     return ["--store", str(tmp_path / "store")]
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, object]:
-    capsys.readouterr()
-    code = main([*args, "--json"])
-    out = capsys.readouterr().out
-    return code, json.loads(out) if out.strip() else None
 
 
 def run_cli(
@@ -231,7 +225,7 @@ def test_bad_manifest_error_names_field_and_file(
     assert main(["run", str(service), str(data), *store_args]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"error: {service / 'dcm-processor.json'}: missing required field 'service.jobs[0] (j).workerEntry'"
+        f"error: {service / 'dcm-processor.json'}: service.jobs[0] (j).workerEntry: missing required field"
     )
 
 

@@ -18,23 +18,10 @@ import pytest
 from dcm_processor_service import DicomInputError, InvalidInputError, ServiceError, use_context
 from dcm_processor_service.dicom.index import ingest
 from dcm_processor_service.progress import heartbeat, report_progress
-from dcm_processor_service.runner import Runner, RunObserver, load_manifest, parse_timeout
+from dcm_processor_service.runner import Runner, RunObserver, load_manifest
 from dcm_processor_service.runner.manifest import manifest_for_function
-from dcm_processor_service.runner.schedule import order_jobs
 from dcm_processor_service.store import Peer, open_store
-from support.services import sample_series, write_service
-
-ENV_NAMES = {
-    "DCM-PROCESSOR-SERVICE-DB-PROVIDER",
-    "DCM-PROCESSOR-SERVICE-DB-URL",
-    "DCM-PROCESSOR-SERVICE-DB-NAME",
-    "DCM-PROCESSOR-SERVICE-SESSION-ID",
-    "DCM-PROCESSOR-SERVICE-JOB-ID",
-    "DCM-PROCESSOR-SERVICE-JOB-EVENT",
-    "DCM-PROCESSOR-SERVICE-JOB-NAME",
-    "DCM-PROCESSOR-SERVICE-JOB-SERVICE-NAME",
-    "DCM-PROCESSOR-SERVICE-PEER-ID",
-}
+from support.services import CONTEXT_VARIABLES, sample_series, write_service
 
 
 class Recorder(RunObserver):
@@ -79,177 +66,6 @@ def run(service: Path, inputs: list[Path], store_dir: Path, **options: Any):
 
 def statuses(report) -> dict[str, str]:
     return {j.job_name: j.status for j in report.jobs}
-
-
-# ------------------------------------------------------------------ manifest
-def _manifest(tmp_path: Path, data: Any) -> Path:
-    (tmp_path / "svc").mkdir(exist_ok=True)
-    path = tmp_path / "svc" / "dcm-processor.json"
-    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
-    return path
-
-
-BASE_JOB = {"jobName": "a", "workerEntry": "json.dumps", "events": ["stable-series"]}
-
-
-@pytest.mark.parametrize(
-    ("data", "match"),
-    [
-        ({"service": {"jobs": [BASE_JOB]}}, r"missing required field 'name'"),
-        ({"name": "x"}, r"missing required field 'service'"),
-        ({"name": "x", "service": {}}, r"missing required field 'service.jobs'"),
-        ({"name": "x", "service": {"jobs": []}}, r"'service.jobs' is empty"),
-        (
-            {
-                "name": "x",
-                "service": {"jobs": [{"workerEntry": "json.dumps", "events": ["stable-series"]}]},
-            },
-            r"missing required field 'service.jobs\[0\].jobName'",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{"jobName": "a", "events": ["stable-series"]}]}},
-            r"missing required field 'service.jobs\[0\] \(a\).workerEntry'",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{"jobName": "a", "workerEntry": "json.dumps"}]}},
-            r"missing required field 'service.jobs\[0\] \(a\).events'",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{**BASE_JOB, "events": ["stable-universe"]}]}},
-            r"unknown event 'stable-universe'",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{**BASE_JOB, "timeout": "soon"}]}},
-            r"invalid .*timeout.* 'soon'",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{**BASE_JOB, "params": [1]}]}},
-            r"'service.jobs\[0\] \(a\).params' must be an object",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{**BASE_JOB, "dependsOn": ["zz"]}]}},
-            r"dependsOn unknown job 'zz'",
-        ),
-        ({"name": "x", "service": {"jobs": [BASE_JOB, {**BASE_JOB}]}}, r"used by another job"),
-        (
-            {"name": "x", "service": {"module": "nope", "jobs": [BASE_JOB]}},
-            r"'service.module' names folder 'nope'",
-        ),
-        (
-            {
-                "name": "x",
-                "service": {
-                    "jobs": [
-                        {**BASE_JOB, "dependsOn": ["b"]},
-                        {**BASE_JOB, "jobName": "b", "dependsOn": "a"},
-                    ]
-                },
-            },
-            r"dependsOn cycle between jobs 'a', 'b'",
-        ),
-        (
-            {
-                "name": "x",
-                "service": {
-                    "jobs": [
-                        {**BASE_JOB, "dependsOn": ["b"]},
-                        {**BASE_JOB, "jobName": "b", "events": ["stable-patient"]},
-                    ]
-                },
-            },
-            r"dependsOn 'b', which runs only on stable-patient",
-        ),
-        (
-            {
-                "name": "x",
-                "service": {"jobs": [{**BASE_JOB, "workerEntry": "no_such_module_xyz.work"}]},
-            },
-            r"unknown .*workerEntry.* 'no_such_module_xyz.work' - no module",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{**BASE_JOB, "workerEntry": "missing.py:work"}]}},
-            r"unknown .*workerEntry.* 'missing.py:work' - file .* does not exist",
-        ),
-        (
-            {"name": "x", "service": {"jobs": [{**BASE_JOB, "workerEntry": "worker"}]}},
-            r"name the module too",
-        ),
-        ("{not json", r"not valid JSON"),
-    ],
-)
-def test_bad_manifest_names_the_field_and_the_file(tmp_path: Path, data: Any, match: str) -> None:
-    path = _manifest(tmp_path, data)
-    with pytest.raises(ServiceError, match=match) as info:
-        load_manifest(path.parent)
-    assert str(path) in str(info.value)
-
-
-def test_manifest_defaults_and_timeouts(tmp_path: Path) -> None:
-    path = _manifest(
-        tmp_path,
-        {
-            "name": "x",
-            "service": {
-                "jobs": [
-                    BASE_JOB,
-                    {
-                        **BASE_JOB,
-                        "jobName": "b",
-                        "timeout": "1h30m",
-                        "events": "stable-study",
-                        "dependsOn": "a",
-                    },
-                ]
-            },
-        },
-    )
-    manifest = load_manifest(path)
-    a, b = manifest.jobs
-    assert (a.timeout, a.sort_position, a.disabled, a.params, a.registry) == (
-        3600,
-        0,
-        False,
-        {},
-        None,
-    )
-    assert (b.timeout, b.events, b.depends_on) == (5400, ("stable-study",), ("a",))
-    assert manifest.registry_dir == manifest.module_dir == path.parent.resolve()
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("30s", 30),
-        ("10m", 600),
-        ("1h", 3600),
-        ("1h30m", 5400),
-        ("2d", 172800),
-        (90, 90),
-        ("1.5", 1.5),
-        ("500ms", 0.5),
-    ],
-)
-def test_parse_timeout(text: Any, seconds: float) -> None:
-    assert parse_timeout(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "abc", "10x", "0s", "-5", True, "1h 30"])
-def test_parse_timeout_rejects(text: Any) -> None:
-    with pytest.raises(ServiceError, match="timeout"):
-        parse_timeout(text)
-
-
-def test_order_is_topological_with_sort_position_tie_break(tmp_path: Path) -> None:
-    jobs = [
-        {**BASE_JOB, "jobName": "report", "dependsOn": ["seg", "stats"], "sortPosition": 0},
-        {**BASE_JOB, "jobName": "stats", "dependsOn": ["convert"], "sortPosition": 5},
-        {**BASE_JOB, "jobName": "seg", "dependsOn": ["convert"], "sortPosition": 1},
-        {**BASE_JOB, "jobName": "convert", "sortPosition": 9},
-        {**BASE_JOB, "jobName": "free", "sortPosition": 3},
-    ]
-    manifest = load_manifest(_manifest(tmp_path, {"name": "x", "service": {"jobs": jobs}}))
-    order = [j.name for j in order_jobs(manifest.jobs, "stable-series")]
-    assert order == ["free", "convert", "seg", "stats", "report"]
 
 
 # ----------------------------------------------------------------------- runs
@@ -306,7 +122,12 @@ def test_filters_added_params_and_dependency_chain(
     assert seen["added_params"]["third"] == {}
     assert "filtered" not in seen["added_params"]
     assert report.sessions[0].not_scheduled == [
-        {"job_name": "filtered", "event": "stable-series", "object": report.jobs[1].object_label}
+        {
+            "job_name": "filtered",
+            "event": "stable-series",
+            "object": report.jobs[1].object_label,
+            "reason": "registry callback returned false",
+        }
     ]
     with open_store("sqlite", str(store_dir) + os.sep) as store:
         jobs = store.list_jobs(report.sessions[0].session_id)
@@ -340,7 +161,7 @@ def test_worker_arguments_and_environment(
     seen = job.result
     session_id = report.sessions[0].session_id
     env = seen["env"]
-    assert set(env) == ENV_NAMES  # all 9, hyphenated, nothing else
+    assert set(env) == CONTEXT_VARIABLES  # all 9, hyphenated, nothing else
     assert env["DCM-PROCESSOR-SERVICE-SESSION-ID"] == session_id
     assert env["DCM-PROCESSOR-SERVICE-JOB-ID"] == job.job_id
     assert env["DCM-PROCESSOR-SERVICE-JOB-EVENT"] == "stable-series"
@@ -354,13 +175,16 @@ def test_worker_arguments_and_environment(
     assert seen["session_id"] == session_id and seen["job_name"] == "rec"
     assert seen["params"] == {"alpha": 1}
     assert seen["added_params"]["rec"]["from_filter"] == "rec"
+    # the rest of the platform's worker keywords (no worker record: the default worker)
     assert seen["kwargs"] == {
-        "job_id": job.job_id,
-        "event": "stable-series",
+        "worker_id": None,
+        "worker_type": None,
         "service_id": "env-service",
+        "event": "stable-series",
         "db_provider": "sqlite",
-        "db_url": str(store_dir.resolve()) + os.sep,
         "db_name": "dcm-processor",
+        "db_url": str(store_dir.resolve()) + os.sep,
+        "job_id": job.job_id,
     }
     headers = seen["headers"]
     for key in (
@@ -415,6 +239,57 @@ def test_headers_per_event_in_platform_order(tmp_path: Path, store_dir: Path) ->
     assert by_name["study-job"]["Metadata"]["ModalitiesInStudy"] == ["CT"]
     assert len(by_name["patient-job"]["Studies"]) == 1
     assert by_name["patient-job"]["Metadata"]["ModalitiesInPatient"] == ["CT"]
+
+
+def test_the_platforms_job_graph_for_a_patient_with_two_studies(
+    tmp_path: Path, store_dir: Path
+) -> None:
+    first, second = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"
+    sample_series(tmp_path / "in" / "a1", study_uid=first, description="a1")
+    sample_series(tmp_path / "in" / "a2", study_uid=first, description="a2", slices=3)
+    sample_series(tmp_path / "in" / "b1", study_uid=second, description="b1")
+    service = write_service(
+        tmp_path / "svc",
+        [
+            {"jobName": "patient-job", "events": ["stable-patient"]},
+            {"jobName": "study-job", "events": ["stable-study"]},
+            {"jobName": "series-job", "events": ["stable-series"]},
+        ],
+    )
+    report = run(service, [tmp_path / "in"], store_dir)
+    assert report.ok, report.to_dict()
+    assert [j.job_name for j in report.jobs] == [
+        "pre-services",
+        "series-job",
+        "series-job",
+        "study-job",
+        "series-job",
+        "study-job",
+        "patient-job",
+        "post-services",
+    ]
+    # per study: the jobs of its series, then its study job; the patient's after all
+    study_of = [j.result["headers"]["StudyInstanceUID"] for j in report.jobs[1:6]]
+    assert study_of[0] == study_of[1] == study_of[2] != study_of[3] == study_of[4]
+    assert {study_of[0], study_of[3]} == {first, second}
+    assert len(report.jobs[3].result["headers"]["Series"]) == 2
+    assert len(report.jobs[6].result["headers"]["Studies"]) == 2
+    assert report.sessions[0].series == 3
+
+
+def test_text_the_platforms_main_file_cannot_carry_is_warned_about(
+    tmp_path: Path, store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sample_series(tmp_path / "in", description='T1 "post contrast"')
+    service = write_service(tmp_path / "svc", [{"jobName": "j"}])
+    report = run(service, [tmp_path / "in"], store_dir)
+    assert report.ok  # it runs here
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "headers['Metadata']['SeriesDescription'] contains a double quote - it runs here, but "
+        "on the platform the worker's generated main file cannot carry that text" in w
+        for w in warnings
+    ), warnings
 
 
 def test_one_session_per_patient_and_cleanup(tmp_path: Path, store_dir: Path) -> None:
@@ -476,7 +351,8 @@ def test_failing_job_traceback_and_dependents_skipped(
             {"jobName": "after", "dependsOn": ["boom"]},
             {"jobName": "after-after", "dependsOn": ["after"]},
             {"jobName": "independent"},
-            {"jobName": "study-after", "events": ["stable-study"], "dependsOn": ["boom"]},
+            {"jobName": "study-after", "events": ["stable-study"]},
+            {"jobName": "patient-after", "events": ["stable-patient"]},
         ],
     )
     report = run(service, [data], store_dir)
@@ -488,6 +364,7 @@ def test_failing_job_traceback_and_dependents_skipped(
         "after-after": "skipped",
         "independent": "succeeded",
         "study-after": "skipped",
+        "patient-after": "skipped",
     }
     boom = next(j for j in report.jobs if j.job_name == "boom")
     assert boom.error == "RuntimeError: worker exploded on purpose"
@@ -496,7 +373,14 @@ def test_failing_job_traceback_and_dependents_skipped(
     reasons = {j.job_name: j.reason for j in report.jobs}
     assert reasons["after"] == "dependency 'boom' failed"
     assert reasons["after-after"] == "dependency 'after' skipped"
-    assert reasons["study-after"] == "dependency 'boom' failed in this session"
+    series = boom.object_label
+    # the platform's graph: a study's jobs wait for every series job of the study, the
+    # patient's jobs for every study job
+    assert reasons["study-after"] == f"waits for series job 'boom' ({series}), which failed"
+    study_after = next(j for j in report.jobs if j.job_name == "study-after")
+    assert reasons["patient-after"] == (
+        f"waits for study job 'study-after' ({study_after.object_label}), which skipped"
+    )
     session = report.sessions[0]
     assert not session.cleaned_up and "failed" in session.kept_reason
     with open_store("sqlite", str(store_dir) + os.sep) as store:
@@ -525,6 +409,18 @@ def test_cleanup_on_failure(tmp_path: Path, data: Path, store_dir: Path) -> None
         ("svc_workers.exit_nonzero", "the job called sys.exit(3)"),
         ("svc_workers.crash", "exited with code 7 without a result - last output: about to crash"),
         ("svc_workers.not_there", "has no attribute 'not_there'"),
+        (
+            "svc_workers.plain",
+            "workerEntry of job 'bad' 'svc_workers.plain' cannot be called the way the platform "
+            "calls it (got an unexpected keyword argument 'worker_id') - it passes the keywords "
+            "job_name, worker_id, worker_type, service_id, event, session_id, headers, "
+            "added_params, params, db_provider, db_name, db_url, job_id",
+        ),
+        (
+            "svc_workers.unstorable",
+            "the worker returned a value the platform cannot store (Object of type set is not "
+            "JSON serializable) - it writes the result with json.dump",
+        ),
     ],
 )
 def test_job_process_failures_are_reported(
@@ -651,8 +547,8 @@ def test_job_output_is_captured(tmp_path: Path, data: Path, store_dir: Path) -> 
     assert "a printed line from the job" in log.read_text()
 
 
-def test_registry_callback_that_raises_fails_the_run(
-    tmp_path: Path, data: Path, store_dir: Path
+def test_registry_callback_that_raises_counts_as_false(
+    tmp_path: Path, data: Path, store_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     service = write_service(
         tmp_path / "svc",
@@ -663,15 +559,26 @@ def test_registry_callback_that_raises_fails_the_run(
         ],
     )
     report = run(service, [data], store_dir)
-    assert report.exit_code == 1
-    guarded = next(j for j in report.jobs if j.job_name == "guarded")
-    assert guarded.status == "failed" and "ValueError: filter exploded" in guarded.error
-    assert statuses(report)["dependent"] == "skipped"
-    assert (
-        next(j for j in report.jobs if j.job_name == "dependent").reason
-        == "dependency 'guarded' was not scheduled for this series"
+    assert report.ok and report.exit_code == 0  # as on the platform: the job is not scheduled
+    assert statuses(report) == {
+        "pre-services": "succeeded",
+        "other": "succeeded",
+        "post-services": "succeeded",
+    }
+    reasons = {n["job_name"]: n for n in report.sessions[0].not_scheduled}
+    assert reasons["guarded"]["reason"] == (
+        "registry callback 'svc_filters.raises' raised ValueError: filter exploded "
+        "(counted as false, as on the platform)"
     )
-    assert statuses(report)["other"] == "succeeded"
+    assert 'svc_filters.py", line' in reasons["guarded"]["traceback"]
+    assert reasons["dependent"]["reason"] == (
+        "dependsOn 'guarded', which was not scheduled for this series "
+        "(its registry callback raised)"
+    )
+    assert "traceback" not in reasons["dependent"]
+    assert report.callback_errors == [reasons["guarded"]]
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("ValueError: filter exploded" in m and "Traceback" in m for m in logged)
 
 
 def test_disabled_jobs_do_not_run(tmp_path: Path, data: Path, store_dir: Path) -> None:
@@ -686,14 +593,10 @@ def test_disabled_jobs_do_not_run(tmp_path: Path, data: Path, store_dir: Path) -
     report = run(service, [data], store_dir)
     assert statuses(report) == {
         "pre-services": "succeeded",
-        "needs-off": "skipped",
         "on": "succeeded",
         "post-services": "succeeded",
     }
-    assert (
-        next(j for j in report.jobs if j.job_name == "needs-off").reason
-        == "dependency 'off' is disabled"
-    )
+    assert report.sessions[0].not_scheduled[0]["reason"] == "dependsOn 'off', which is disabled"
 
 
 def test_two_services_with_the_same_module_names(
@@ -703,7 +606,7 @@ def test_two_services_with_the_same_module_names(
     second = write_service(
         tmp_path / "two",
         [{"jobName": "j", "registryEntry": "svc_filters.yes"}],
-        filters="def yes(*args):\n    return False\n",
+        filters="def yes(**kwargs):\n    return False\n",
     )
     assert statuses(run(first, [data], store_dir))["j"] == "succeeded"
     assert "j" not in statuses(run(second, [data], store_dir))  # its own svc_filters ran
@@ -715,15 +618,13 @@ def test_file_entry_points(tmp_path: Path, data: Path, store_dir: Path) -> None:
         [
             {
                 "jobName": "by-file",
-                "workerEntry": "svc_workers.py:plain",
+                "workerEntry": "svc_workers.py:store_value",
                 "registryEntry": "svc_filters.py:yes",
             },
         ],
     )
     report = run(service, [data], store_dir)
-    assert report.ok and next(j for j in report.jobs if j.job_name == "by-file").result == {
-        "plain": True
-    }
+    assert report.ok and next(j for j in report.jobs if j.job_name == "by-file").result == 42
 
 
 def test_single_function_manifest(tmp_path: Path, data: Path, store_dir: Path) -> None:

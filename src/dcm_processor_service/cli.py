@@ -8,6 +8,8 @@ go to stderr. Exit codes: 0 ok, 1 a job or operation failed, 2 a usage or input 
 Commands::
 
     dcm-service run SERVICE INPUT...      run a service (manifest folder or module:function)
+    dcm-service new service NAME          write the platform's service template
+    dcm-service check SERVICE             would the platform accept and run it?
     dcm-service demo                      sample data + example service + summary, in one go
     dcm-service demo-data OUT             write a synthetic CT series
     dcm-service ingest INPUT...           file DICOM into the store
@@ -55,6 +57,7 @@ __all__ = ["main"]
 logger = logging.getLogger("dcm_processor_service.cli")
 
 DEFAULT_STORE_DIR = ".dcm-service"
+_NOT_SCHEDULED_SHOWN = 20
 _USAGE_ERRORS = (InvalidInputError, ConfigError, ServiceError, DicomInputError, NotFoundError)
 
 
@@ -463,10 +466,21 @@ def _summary(report: Any) -> str:
     ]
     counts = report.counts()
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-    not_scheduled = sum(len(s.not_scheduled) for s in report.sessions)
+    from .runner.runner import FILTERED_OUT
+
+    not_scheduled = [n for s in report.sessions for n in s.not_scheduled]
+    filtered = sum(1 for n in not_scheduled if n["reason"] == FILTERED_OUT)
     if not_scheduled:
-        parts.append(f"{not_scheduled} not scheduled (registry callback returned false)")
+        parts.append(
+            f"{len(not_scheduled)} not scheduled"
+            + (f" ({filtered} by a registry callback returning false)" if filtered else "")
+        )
     lines.append(", ".join(parts) + f" - {_duration(report.duration)}")
+    notable = [n for n in not_scheduled if n["reason"] != FILTERED_OUT]
+    for item in notable[:_NOT_SCHEDULED_SHOWN]:
+        lines.append(f"not scheduled: {item['job_name']} for {item['object']} - {item['reason']}")
+    if len(notable) > _NOT_SCHEDULED_SHOWN:
+        lines.append(f"... and {len(notable) - _NOT_SCHEDULED_SHOWN} more (--json lists all)")
     for session in report.sessions:
         if session.exported_to:
             n = sum(
@@ -487,6 +501,12 @@ def _summary(report: Any) -> str:
 
 def _failure_details(report: Any) -> str:
     out = []
+    for item in report.callback_errors:
+        out.append(
+            f"--- registry callback of {item['job_name']} ({item['object']}) raised - "
+            "counted as false, as on the platform"
+        )
+        out.extend("    " + ln for ln in item["traceback"].rstrip().splitlines()[-15:])
     for job in report.jobs:
         if job.failed:
             out.append(
@@ -888,6 +908,80 @@ def demo(
         command = f"dcm-service run {service} {input_dir} --output {results_dir}"
         _err(f"\nsame run, step by step: {command}")
     return code
+
+
+# ---------------------------------------------------------------- service tools
+@cli.group()
+def new() -> None:
+    """Create a service from the platform's template."""
+
+
+@new.command("service")
+@click.argument("name")
+@click.option(
+    "-p",
+    "--path",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Where to create the NAME folder.",
+)
+@click.option(
+    "-e",
+    "--event",
+    "events",
+    multiple=True,
+    type=click.Choice(["stable-series", "stable-study", "stable-patient"]),
+    help="An event the job handles (repeatable; default stable-series).",
+)
+@_common
+def new_service(name: str, directory: str, events: tuple[str, ...], settings: _Settings) -> int:
+    """Write the platform's service template into PATH/NAME: dcm-processor.json, a
+    registry package exporting 'callback' and a module package exporting 'worker'.
+    It deploys to the platform as it is and runs at once with dcm-service run."""
+    from .runner.template import write_service_template
+
+    files = write_service_template(name, directory, events=events or ("stable-series",))
+    root = files[0].parent
+    if settings.json:
+        _print_json({"service": str(root), "files": [str(f) for f in files]})
+    else:
+        _out(f"created service {name} in {root}:")
+        for path in files:
+            _out(f"  {path.relative_to(root)}")
+        _out(f"next: dcm-service check {root} && dcm-service demo --service {root}")
+    return 0
+
+
+@cli.command()
+@click.argument("service", type=click.Path())
+@_common
+def check(service: str, settings: _Settings) -> int:
+    """Check whether the platform would accept SERVICE and run every job: the
+    manifest's rules, entries that import the way the platform imports them, and
+    signatures that accept the platform's keywords. Exit code 1 on any problem."""
+    from .runner.check import check_service
+
+    report = check_service(service)
+    if settings.json:
+        _print_json(report.to_dict())
+        return 0 if report.ok else 1
+    _out(f"service {report.name or '?'} {report.version or '?'} ({report.manifest_path})")
+    for line in report.passed:
+        _out(f"  ok        {line}")
+    for problem in report.problems:
+        _out(f"  {problem.severity.upper():9} {problem}")
+    if report.ok:
+        _out("the platform accepts this service and can run every job")
+        return 0
+    errors = sum(1 for p in report.problems if not p.platform_only)
+    _out(
+        f"{len(report.problems)} problem(s): "
+        + (f"{errors} stop(s) it running anywhere, " if errors else "")
+        + "'platform' ones run here but not on the platform (see docs/migrating.md)"
+    )
+    return 1
 
 
 # ----------------------------------------------------------------------- ingest

@@ -19,6 +19,21 @@ from typing import Any
 
 from dcm_processor_service.runner.sample_data import make_sample_ct
 
+#: The nine environment variables the platform's worker (and the runner) set for a job.
+CONTEXT_VARIABLES = frozenset(
+    {
+        "DCM-PROCESSOR-SERVICE-DB-PROVIDER",
+        "DCM-PROCESSOR-SERVICE-DB-URL",
+        "DCM-PROCESSOR-SERVICE-DB-NAME",
+        "DCM-PROCESSOR-SERVICE-SESSION-ID",
+        "DCM-PROCESSOR-SERVICE-JOB-ID",
+        "DCM-PROCESSOR-SERVICE-JOB-EVENT",
+        "DCM-PROCESSOR-SERVICE-JOB-NAME",
+        "DCM-PROCESSOR-SERVICE-JOB-SERVICE-NAME",
+        "DCM-PROCESSOR-SERVICE-PEER-ID",
+    }
+)
+
 FILTERS = textwrap.dedent(
     """
     import json, os
@@ -65,7 +80,10 @@ WORKERS = textwrap.dedent(
         return seen
 
     def plain(session_id, job_name, headers, params, added_params):
-        return {"plain": True}
+        return {"plain": True}  # no **kwargs: the platform's other keywords do not fit
+
+    def unstorable(**kwargs):
+        return {"values": {1, 2}}  # a set: json.dump cannot write it
 
     def fail(session_id, job_name, headers, params, added_params, **kwargs):
         dps.set_session_data("before_failure", 1)

@@ -5,9 +5,11 @@ platform's environment (the hyphenated ``DCM-PROCESSOR-SERVICE-*`` variables, se
 :func:`~dcm_processor_service.context_environ`), in a new process group, with a
 per-job scratch folder as its working directory, and writes the job's spec (entry,
 arguments - the store URL with its password among them) to the process's stdin: no
-secret is written to disk. The job side imports the entry, calls it with the worker's
-arguments, and writes ``{"ok", "result" | "error", "traceback"}`` to the result file
-named in the spec.
+secret is written to disk. The job side imports the entry as the platform's worker does
+(the module folder as package ``service_module``), calls it with exactly the platform's
+keyword arguments, and writes ``{"ok", "result" | "error", "traceback"}`` to the result
+file named in the spec; a result the platform could not store (not JSON-serialisable)
+fails the job.
 
 The runner waits at most the job's timeout. The job's outcome is decided when the job
 process exits (or the timeout fires), whatever its children do; then every process the
@@ -23,7 +25,6 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -191,11 +192,11 @@ def run_job_process(
 ) -> JobOutcome:
     """Run one job in a child process and wait for it (at most ``timeout`` seconds).
 
-    ``spec`` holds ``entry``, ``base_dir``, ``extra_paths``, ``args``, ``kwargs``,
-    ``what`` and ``log_level``; it reaches the job process through a pipe. The result
-    file, log file and scratch folder are named ``name`` inside ``work_dir``.
-    ``marker`` (default: a new random one) marks the job's processes, see
-    :mod:`.processes`. ``on_output`` gets each line the job prints (secrets masked);
+    ``spec`` holds ``entry_point`` (:meth:`EntryPoint.to_spec`), ``kwargs`` (the
+    worker's keyword arguments), ``what`` and ``log_level``; it reaches the job process
+    through a pipe. The result file, log file and scratch folder are named ``name``
+    inside ``work_dir``. ``marker`` (default: a new random one) marks the job's
+    processes, see :mod:`.processes`. ``on_output`` gets each line the job prints (secrets masked);
     ``on_poll`` is called with the elapsed seconds every ``poll_interval``.
     """
     make_private_dir(work_dir)
@@ -314,25 +315,18 @@ def run_job_process(
 
 
 # ----------------------------------------------------------------- job side
-def _jsonable(value: Any) -> Any:
+def _unstorable_result(value: Any) -> str | None:
+    """Why the platform could not store ``value`` (its worker writes the result with
+    ``json.dump``), or ``None`` when it can."""
     try:
-        json.dumps(value, allow_nan=False)
-        return value
-    except (TypeError, ValueError):
-        return bound_text(repr(value), 2000)
-
-
-def _fit_kwargs(func: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """All of ``kwargs`` if ``func`` takes ``**kwargs``, else only the names it declares
-    (a worker written ``worker(session_id, job_name, headers, params, added_params)``
-    still runs)."""
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return kwargs
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in sig.parameters}
+        json.dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return (
+            f"the worker returned a value the platform cannot store ({exc}) - it writes the "
+            "result with json.dump: return dicts, lists, str, int, float, bool or None "
+            "(numpy values: .tolist() / float()), and keep files in session files"
+        )
+    return None
 
 
 def _write_result(path: str, data: dict[str, Any]) -> None:
@@ -379,23 +373,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
     result_path = spec["result_path"]
     from .._runtime import close_stores
-    from .manifest import parse_entry, resolve_entry
+    from .manifest import EntryPoint, resolve_entry
+    from .platform import signature_problem
 
+    what = spec.get("what", "workerEntry")
+    kwargs: dict[str, Any] = spec.get("kwargs", {})
     try:
-        entry = parse_entry(
-            spec["entry"],
-            Path(spec["base_dir"]),
-            extra_paths=[Path(p) for p in spec.get("extra_paths", [])],
-            what=spec.get("what", "workerEntry"),
-        )
-        func = resolve_entry(entry, spec.get("what", "workerEntry"))
+        func = resolve_entry(EntryPoint.from_spec(spec["entry_point"]), what)
+        problem = signature_problem(func, list(kwargs))
+        if problem is not None:
+            raise TypeError(
+                f"{what} {spec['entry_point']['text']!r} cannot be called the way the platform "
+                f"calls it ({problem}) - it passes the keywords {', '.join(kwargs)}; accept "
+                "them, e.g. def worker(session_id, job_name, headers, params, added_params, "
+                "**kwargs)"
+            )
     except BaseException as exc:
         _write_result(result_path, _failure(exc))
         return 3
     code = 0
     try:
-        value = func(*spec.get("args", []), **_fit_kwargs(func, spec.get("kwargs", {})))
-        data: dict[str, Any] = {"ok": True, "result": _jsonable(value)}
+        value = func(**kwargs)
+        unstorable = _unstorable_result(value)
+        data: dict[str, Any] = (
+            {"ok": True, "result": value}
+            if unstorable is None
+            else {"ok": False, "error": unstorable, "traceback": None}
+        )
+        code = 0 if unstorable is None else 1
     except SystemExit as exc:
         if exc.code in (0, None):
             data = {"ok": True, "result": None}

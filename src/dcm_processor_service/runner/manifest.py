@@ -1,53 +1,59 @@
-"""The service manifest (``dcm-processor.json``) and entry-point resolution.
+"""The service manifest (``dcm-processor.json``): validation and entry points.
 
-A service is a directory holding a ``dcm-processor.json`` manifest (SPEC §2.2)::
+A service is a folder holding a ``dcm-processor.json`` manifest and two Python
+packages, written the way the platform's template writes them (SPEC §2.2)::
 
     {
       "name": "threshold-service",
       "version": "1.0.0",
+      "summary": "", "tags": ["threshold-service"],
       "service": {
-        "registry": "registry",          # folder of the registry (filter) code
-        "module": "module",              # folder of the worker code
+        "registry": "registry",          # package: __init__.py exports the callbacks
+        "module": "module",              # package: __init__.py exports the workers
         "jobs": [
           {"jobName": "threshold",
-           "workerEntry": "threshold.worker",
-           "registryEntry": "filters.ct_or_mr",
+           "registryEntry": "callback",  # a name exported by registry/__init__.py
+           "workerEntry": "worker",      # a name exported by module/__init__.py
            "events": ["stable-series"],
            "dependsOn": [],
            "params": {"threshold": 150},
            "timeout": "10m",
-           "sortPosition": 0,
+           "sortPosition": 1,
            "disabled": false}
         ]
       }
     }
 
-Required: ``name``, ``service``, ``service.jobs`` (non-empty), and per job ``jobName``,
-``workerEntry`` and ``events``. Everything else has a default: ``registry``/``module``
-the manifest's folder, ``registryEntry`` none (the job is scheduled for every object of
-its events), ``dependsOn`` none, ``params`` ``{}``, ``timeout`` ``"1h"``,
-``sortPosition`` 0, ``disabled`` false.
+Validation reports **every** problem at once, in two kinds (:class:`ManifestProblem`):
+
+* **errors** - the service cannot run here either (bad JSON, a missing ``jobName``,
+  ``workerEntry`` or ``events``, an unknown event, a bad timeout, an entry that does
+  not exist, ...): :func:`load_manifest` raises :class:`ServiceError` listing them all;
+* **platform findings** - the service runs here, but the platform would refuse the
+  package or never run a job (no ``version`` or not semver, ``registry``/``module`` not
+  a package, no ``registryEntry``, a dotted or ``file.py:function`` entry, ``events``
+  not a list, a ``dependsOn`` that can never pass, a timeout the platform cannot read):
+  :func:`load_manifest` logs them as one warning, ``dcm-service check`` fails on them.
 
 Entry points
 ------------
-An entry names a function in one of two forms:
+``name`` (the platform's form)
+    A bare name exported by the folder's ``__init__.py``. The registry folder is
+    imported as package ``registry_<jobName>`` and the callback looked up with
+    ``getattr``; the module folder is imported as package ``service_module`` and the
+    worker taken with ``from service_module import <name>``. Relative imports inside the
+    folders work; nothing is put on ``sys.path``.
 
-``package.module.function``
-    The module is imported with the *base folder* first on ``sys.path`` (``module``
-    for ``workerEntry``, ``registry`` for ``registryEntry``), then the manifest's
-    folder; installed packages are found too (``dcm_processor_service.hooks.run_pre_services``).
-    This is the platform's form: the worker has the service's module folder on its path.
+``package.module.function``, ``path/to/file.py:function``, ``package.module:function``
+    Local forms (the platform cannot run them): the module is imported with the base
+    folder (``module`` or ``registry``), then the manifest's folder, first on
+    ``sys.path``; a file is loaded under a private module name with its own folder on
+    ``sys.path``. ``dcm-service run mypkg.jobs:segment`` uses these.
 
-``path/to/file.py:function`` or ``package.module:function``
-    Left of the colon: a ``.py`` file (relative to the base folder, or absolute) or a
-    dotted module name; right of it: the function, or a dotted attribute path
-    (``tasks.py:Segmenter.run``). A file is loaded under a private module name with its
-    own folder on ``sys.path``, so it can import its siblings.
-
-Worker entries are checked when the manifest is loaded without running service code
-(the module or file must exist); the function itself is looked up in the job process.
-Registry entries are imported by the runner when it starts (they run in the runner
-process, like the platform's scheduler runs them).
+Entries are checked without running service code when the manifest is loaded (the
+package exports the name, the module or file exists); the function itself is imported
+by the runner (registry callbacks, in its own process as the platform's scheduler does)
+and by each job process (workers).
 """
 
 from __future__ import annotations
@@ -64,13 +70,23 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .._context import JOB_EVENTS
 from .._errors import ServiceError
 from .._validation import validate_name
+from .platform import (
+    DEFAULT_SORT_POSITION,
+    PLATFORM_TIMEOUT_RE,
+    SEMVER_RE,
+    WORKER_PACKAGE,
+    exported_names,
+    from_import,
+    import_folder_as_package,
+    registry_package_name,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -78,7 +94,9 @@ __all__ = [
     "EntryLoader",
     "EntryPoint",
     "JobSpec",
+    "ManifestProblem",
     "ServiceManifest",
+    "inspect_manifest",
     "load_manifest",
     "manifest_for_function",
     "parse_entry",
@@ -102,10 +120,11 @@ _KNOWN_JOB_FIELDS = {
     "sortPosition",
     "disabled",
     "description",
+    "worker",
     "channel",
     "priority",
 }
-_TIMEOUT_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?", re.IGNORECASE)
+_TIMEOUT_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|hr|s|m|h|d|w)?", re.IGNORECASE)
 _UNITS = {
     None: 1.0,
     "ms": 0.001,
@@ -116,12 +135,13 @@ _UNITS = {
     "h": 3600.0,
     "hr": 3600.0,
     "d": 86400.0,
+    "w": 604800.0,
 }
 
 
 def parse_timeout(value: str | int | float | None, what: str = "timeout") -> float:
     """Seconds for a timeout written ``"30s"``, ``"10m"``, ``"1h"``, ``"1h30m"``,
-    ``"2d"`` or a plain number of seconds. ``None`` gives the default (1 hour)."""
+    ``"2d"``, ``"1w"`` or a plain number of seconds. ``None`` gives the default (1 hour)."""
     if value is None:
         value = DEFAULT_TIMEOUT
     if isinstance(value, bool):
@@ -155,30 +175,86 @@ def parse_timeout(value: str | int | float | None, what: str = "timeout") -> flo
 # ------------------------------------------------------------------ entries
 @dataclass(frozen=True)
 class EntryPoint:
-    """A parsed entry: either a module (``module``) or a file (``file``), plus the
-    attribute path of the function inside it."""
+    """A parsed entry: a bare name exported by a package folder (``package``, imported
+    as ``package_name``), a module (``module``) or a file (``file``), plus the attribute
+    path of the function inside it. ``from_import``: look the name up as ``from
+    package import name`` does (workers) rather than with ``getattr`` (registry)."""
 
     text: str
     attr: str
     module: str | None = None
     file: Path | None = None
     search_path: tuple[str, ...] = ()
+    package: Path | None = None
+    package_name: str | None = None
+    from_import: bool = False
+
+    @property
+    def is_bare(self) -> bool:
+        """Whether this is the platform's form (a name exported by a package folder)."""
+        return self.package is not None
 
     def describe(self) -> str:
         """The entry as written, with where it was looked up."""
-        where = str(self.file) if self.file else f"module {self.module!r}"
+        if self.package is not None:
+            where = f"package {str(self.package)!r} imported as {self.package_name!r}"
+        else:
+            where = str(self.file) if self.file else f"module {self.module!r}"
         return f"{self.text!r} ({where})"
+
+    def to_spec(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the job process); :meth:`from_spec` reads it back."""
+        return {
+            "text": self.text,
+            "attr": self.attr,
+            "module": self.module,
+            "file": str(self.file) if self.file else None,
+            "search_path": list(self.search_path),
+            "package": str(self.package) if self.package else None,
+            "package_name": self.package_name,
+            "from_import": self.from_import,
+        }
+
+    @classmethod
+    def from_spec(cls, data: dict[str, Any]) -> EntryPoint:
+        """The entry :meth:`to_spec` described."""
+        return cls(
+            text=data["text"],
+            attr=data["attr"],
+            module=data.get("module"),
+            file=Path(data["file"]) if data.get("file") else None,
+            search_path=tuple(data.get("search_path") or ()),
+            package=Path(data["package"]) if data.get("package") else None,
+            package_name=data.get("package_name"),
+            from_import=bool(data.get("from_import")),
+        )
 
 
 def parse_entry(
-    text: object, base_dir: Path, *, extra_paths: Sequence[Path] = (), what: str = "entry"
+    text: object,
+    base_dir: Path,
+    *,
+    extra_paths: Sequence[Path] = (),
+    what: str = "entry",
+    package_name: str | None = None,
+    from_import: bool = False,
 ) -> EntryPoint:
-    """Parse ``text`` (``module.function`` or ``file.py:function``) relative to ``base_dir``."""
+    """Parse ``text`` relative to ``base_dir``: a bare ``name`` (exported by the
+    package ``base_dir``, imported as ``package_name``), ``module.function`` or
+    ``file.py:function``."""
     if not isinstance(text, str) or not text.strip():
         raise ServiceError(
-            f"invalid {what} {text!r} - write 'module.function' or 'file.py:function'"
+            f"invalid {what} {text!r} - write a name exported by the folder's __init__.py"
         )
     text = text.strip()
+    if text.isidentifier():
+        return EntryPoint(
+            text,
+            text,
+            package=base_dir,
+            package_name=package_name or base_dir.name,
+            from_import=from_import,
+        )
     search = tuple(dict.fromkeys(str(p) for p in (base_dir, *extra_paths)))
     if ":" in text:
         left, attr = text.rsplit(":", 1)
@@ -195,13 +271,11 @@ def parse_entry(
             )
         module = left
     else:
-        if "." not in text:
-            raise ServiceError(
-                f"invalid {what} {text!r} - name the module too: 'module.function' or 'file.py:function'"
-            )
-        module, attr = text.rsplit(".", 1)
-    if not all(p.isidentifier() for p in (*module.split("."), attr)):
-        raise ServiceError(f"invalid {what} {text!r} - not a dotted Python name")
+        module, _, attr = text.rpartition(".")
+    if not module or not all(p.isidentifier() for p in (*module.split("."), attr)):
+        raise ServiceError(
+            f"invalid {what} {text!r} - write a name exported by the folder's __init__.py"
+        )
     return EntryPoint(text, attr, module=module, search_path=search)
 
 
@@ -223,8 +297,26 @@ def _find_module(module: str, search_path: Sequence[str]) -> bool:
 
 
 def check_entry(entry: EntryPoint, what: str) -> None:
-    """Raise :class:`ServiceError` when the module or file of ``entry`` does not exist."""
-    if entry.file is not None:
+    """Raise :class:`ServiceError` when ``entry`` cannot exist, without running any of
+    its code: a package without ``__init__.py`` or whose ``__init__.py`` visibly does
+    not export the name, a module or file that is not there."""
+    if entry.package is not None:
+        init = entry.package / "__init__.py"
+        if not init.is_file():
+            raise ServiceError(
+                f"unknown {what} {entry.text!r} - a bare name is looked up in the package "
+                f"{str(entry.package)!r}, which has no __init__.py"
+            )
+        names = exported_names(init)
+        if names is not None and entry.attr not in names:
+            hint = f"add 'from .main import {entry.attr}' (or define it there)"
+            if (entry.package / f"{entry.attr}.py").is_file():
+                hint = f"{entry.attr}.py is a module, not a function: export the function instead"
+            raise ServiceError(
+                f"unknown {what} {entry.text!r} - {init} does not define or import "
+                f"{entry.attr!r}: {hint}"
+            )
+    elif entry.file is not None:
         if not entry.file.is_file():
             raise ServiceError(
                 f"unknown {what} {entry.text!r} - file {str(entry.file)!r} does not exist"
@@ -256,26 +348,47 @@ def _load_file(path: Path) -> types.ModuleType:
 
 
 def resolve_entry(entry: EntryPoint, what: str = "entry") -> Callable[..., Any]:
-    """Import ``entry`` and return its function. ``sys.path`` gets the entry's search
-    folders in front (they stay there; use :class:`EntryLoader` to undo that)."""
+    """Import ``entry`` and return its function. A bare entry imports its package
+    folder under ``entry.package_name`` (as the platform does); the other forms put
+    their search folders in front of ``sys.path`` (they stay there; use
+    :class:`EntryLoader` to undo that)."""
     check_entry(entry, what)
-    for folder in reversed(entry.search_path):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-    if entry.file is not None:
-        module = _load_file(entry.file)
-    else:
-        assert entry.module is not None
-        module = importlib.import_module(entry.module)
-    obj: Any = module
-    for part in entry.attr.split("."):
+    obj: Any
+    if entry.package is not None:
+        package = import_folder_as_package(entry.package, entry.package_name or "")
         try:
-            obj = getattr(obj, part)
-        except AttributeError:
+            obj = (
+                from_import(package, entry.attr)
+                if entry.from_import
+                else getattr(package, entry.attr)
+            )
+        except (AttributeError, ImportError):
             raise ServiceError(
-                f"unknown {what} {entry.text!r} - {getattr(module, '__file__', module.__name__)} "
-                f"has no attribute {entry.attr!r}"
+                f"unknown {what} {entry.text!r} - {package.__file__} does not export {entry.attr!r}"
             ) from None
+        if isinstance(obj, types.ModuleType):
+            raise ServiceError(
+                f"invalid {what} {entry.text!r} - {entry.package_name}.{entry.attr} is a module, "
+                "not a function: export the function from __init__.py"
+            )
+    else:
+        for folder in reversed(entry.search_path):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+        if entry.file is not None:
+            module = _load_file(entry.file)
+        else:
+            assert entry.module is not None
+            module = importlib.import_module(entry.module)
+        obj = module
+        for part in entry.attr.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise ServiceError(
+                    f"unknown {what} {entry.text!r} - "
+                    f"{getattr(module, '__file__', module.__name__)} has no attribute {entry.attr!r}"
+                ) from None
     if not callable(obj):
         raise ServiceError(f"invalid {what} {entry.text!r} - {entry.attr!r} is not callable")
     func: Callable[..., Any] = obj
@@ -283,13 +396,15 @@ def resolve_entry(entry: EntryPoint, what: str = "entry") -> Callable[..., Any]:
 
 
 class EntryLoader:
-    """Imports entries into *this* process and undoes it on :meth:`close`: the search
-    folders leave ``sys.path`` and modules imported from them leave ``sys.modules``, so
-    two services with a ``registry`` package each can be loaded one after the other."""
+    """Imports entries into *this* process and undoes it on :meth:`close`: packages
+    imported under the platform's names, the search folders on ``sys.path`` and the
+    modules imported from them leave again, so two services with a ``registry``
+    package each can be loaded one after the other."""
 
     def __init__(self) -> None:
         self._before = set(sys.modules)
         self._folders: set[str] = set()
+        self._packages: set[str] = set()
         self._saved_path = list(sys.path)
         self._shadowed: dict[str, types.ModuleType] = {}
         self._cache: dict[EntryPoint, Callable[..., Any]] = {}
@@ -298,12 +413,21 @@ class EntryLoader:
         """The function of ``entry`` (imported once per loader)."""
         if entry in self._cache:
             return self._cache[entry]
-        self._folders.update(str(Path(p).resolve()) for p in entry.search_path)
-        if entry.module is not None:
-            self._unshadow(entry.module.split(".")[0], entry.search_path)
+        if entry.package is not None:
+            self._set_aside(entry.package_name or "")
+            self._packages.add(entry.package_name or "")
+        else:
+            self._folders.update(str(Path(p).resolve()) for p in entry.search_path)
+            if entry.module is not None:
+                self._unshadow(entry.module.split(".")[0], entry.search_path)
         func = resolve_entry(entry, what)
         self._cache[entry] = func
         return func
+
+    def _set_aside(self, top: str) -> None:
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            if name not in self._shadowed and name in self._before:
+                self._shadowed[name] = sys.modules[name]
 
     def _unshadow(self, top: str, search_path: Sequence[str]) -> None:
         """If ``top`` is already imported from elsewhere but the service has its own
@@ -320,7 +444,11 @@ class EntryLoader:
         for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
             self._shadowed[name] = sys.modules.pop(name)
 
-    def _owned(self, module: types.ModuleType) -> bool:
+    def _owned(self, name: str, module: types.ModuleType | None) -> bool:
+        if name.startswith("_dcm_service_") or any(
+            name == top or name.startswith(top + ".") for top in self._packages
+        ):
+            return True
         path = getattr(module, "__file__", None)
         if not path:
             return False
@@ -330,12 +458,11 @@ class EntryLoader:
     def close(self) -> None:
         """Forget everything this loader imported and restore ``sys.path``."""
         for name, module in list(sys.modules.items()):
-            if name in self._before:
-                continue
-            if name.startswith("_dcm_service_") or (module is not None and self._owned(module)):
+            if (name not in self._before or name in self._shadowed) and self._owned(name, module):
                 del sys.modules[name]
         sys.modules.update(self._shadowed)
         self._shadowed.clear()
+        self._packages.clear()
         sys.path[:] = self._saved_path
         self._cache.clear()
         importlib.invalidate_caches()
@@ -347,7 +474,40 @@ class EntryLoader:
         self.close()
 
 
+@contextlib.contextmanager
+def loaded_entries() -> Iterator[EntryLoader]:
+    """An :class:`EntryLoader` closed at the end of the ``with`` block."""
+    loader = EntryLoader()
+    try:
+        yield loader
+    finally:
+        loader.close()
+
+
 # ----------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class ManifestProblem:
+    """One problem of a manifest: ``where`` (the JSON path, with the job's name),
+    ``message`` (what is wrong and how to fix it) and ``platform_only`` (True: it runs
+    here, but the platform would refuse the package or not run the job)."""
+
+    where: str
+    message: str
+    platform_only: bool = False
+
+    @property
+    def severity(self) -> str:
+        """``"error"`` or ``"platform"``."""
+        return "platform" if self.platform_only else "error"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready dict."""
+        return {"where": self.where, "message": self.message, "severity": self.severity}
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One job of a service manifest."""
@@ -360,26 +520,23 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     timeout: float = 3600.0
     timeout_text: str = DEFAULT_TIMEOUT
-    sort_position: int = 0
+    sort_position: int | float = DEFAULT_SORT_POSITION
     disabled: bool = False
     index: int = 0
     worker: EntryPoint | None = None
     registry: EntryPoint | None = None
+    worker_name: str | None = None
+    description: str = ""
 
     def with_params(self, params: dict[str, Any]) -> JobSpec:
         """A copy with ``params`` merged over the manifest's params."""
-        return _replace(self, params={**self.params, **params})
-
-
-def _replace(spec: JobSpec, **changes: Any) -> JobSpec:
-    from dataclasses import replace
-
-    return replace(spec, **changes)
+        return replace(self, params={**self.params, **params})
 
 
 @dataclass(frozen=True)
 class ServiceManifest:
-    """A loaded, validated service manifest."""
+    """A loaded, validated service manifest. ``findings`` are its platform-only
+    problems (see :class:`ManifestProblem`)."""
 
     name: str
     version: str
@@ -389,6 +546,7 @@ class ServiceManifest:
     module_dir: Path
     jobs: tuple[JobSpec, ...]
     description: str = ""
+    findings: tuple[ManifestProblem, ...] = ()
 
     def job(self, name: str) -> JobSpec:
         """The job called ``name``."""
@@ -416,39 +574,7 @@ class ServiceManifest:
             j.with_params({**overrides.get(None, {}), **overrides.get(j.name, {})})
             for j in self.jobs
         )
-        from dataclasses import replace
-
         return replace(self, jobs=jobs)
-
-
-class _Reader:
-    """Field access with errors that name the file and the JSON path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def get(
-        self,
-        obj: dict[str, Any],
-        key: str,
-        path: str,
-        kind: type | tuple[type, ...],
-        *,
-        required: bool,
-        default: Any = None,
-    ) -> Any:
-        if key not in obj or obj[key] is None:
-            if required:
-                raise ServiceError(f"{self.source}: missing required field '{path}'")
-            return default
-        value = obj[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
-            raise ServiceError(
-                f"{self.source}: field '{path}' must be {names}, got {type(value).__name__} {value!r}"
-            )
-        return value
 
 
 _JSON_NAMES = {
@@ -461,20 +587,361 @@ _JSON_NAMES = {
 }
 
 
-def _folder(root: Path, value: str | None, path: str, source: str) -> Path:
-    if value is None:
+class _Problems:
+    """Collects the problems of one manifest; typed field access that records a
+    problem (instead of raising) and returns a default."""
+
+    def __init__(self) -> None:
+        self.items: list[ManifestProblem] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.items.append(ManifestProblem(where, message))
+
+    def platform(self, where: str, message: str) -> None:
+        self.items.append(ManifestProblem(where, message, platform_only=True))
+
+    @property
+    def errors(self) -> list[ManifestProblem]:
+        return [p for p in self.items if not p.platform_only]
+
+    def get(
+        self,
+        obj: dict[str, Any],
+        key: str,
+        where: str,
+        kind: type | tuple[type, ...],
+        *,
+        required: bool = False,
+        default: Any = None,
+    ) -> Any:
+        if key not in obj or obj[key] is None:
+            if required:
+                self.error(where, "missing required field")
+            return default
+        value = obj[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+            self.error(where, f"must be {names}, got {type(value).__name__} {value!r}")
+            return default
+        return value
+
+
+def _package_folder(root: Path, service: dict[str, Any], key: str, problems: _Problems) -> Path:
+    """The folder of ``service[key]``. A missing value falls back to the manifest's
+    folder (a platform finding: the platform requires both folders)."""
+    where = f"service.{key}"
+    value = service.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        problems.platform(
+            where,
+            f"missing - the platform requires the folder of the {key} package; "
+            "entries are looked up in the manifest's folder here",
+        )
+        return root
+    if not isinstance(value, str):
+        problems.error(where, f"must be a string, got {type(value).__name__} {value!r}")
         return root
     folder = (root / value).resolve()
     if not folder.is_dir():
-        raise ServiceError(
-            f"{source}: field '{path}' names folder {value!r}, which does not exist in {root}"
+        problems.error(where, f"names folder {value!r}, which does not exist in {root}")
+        return root
+    try:
+        folder.relative_to(root.resolve())
+    except ValueError:
+        problems.platform(
+            where, f"{value!r} is outside the manifest's folder: the platform refuses it"
+        )
+    if not (folder / "__init__.py").is_file():
+        example = "callback" if key == "registry" else "worker"
+        problems.platform(
+            where,
+            f"folder {value!r} has no __init__.py - the platform imports it as a package "
+            f"(write one that exports the entries, e.g. 'from .main import {example}')",
         )
     return folder
 
 
-def load_manifest(path: str | os.PathLike[str]) -> ServiceManifest:
-    """Load and validate a service manifest: a folder holding ``dcm-processor.json``,
-    or the JSON file itself. Errors name the file and the field."""
+def _entry(
+    raw: dict[str, Any],
+    key: str,
+    at: str,
+    base: Path,
+    root: Path,
+    problems: _Problems,
+    *,
+    check: bool,
+    package_name: str,
+    from_import: bool,
+) -> tuple[str | None, EntryPoint | None]:
+    where = f"{at}.{key}"
+    text = problems.get(raw, key, where, str, required=key == "workerEntry")
+    if text is not None and not text.strip():
+        if key == "workerEntry":
+            problems.error(where, "must not be empty")
+        text = None
+    if text is None:
+        if key == "registryEntry" and not isinstance(raw.get(key), (int, float, list, dict)):
+            problems.platform(
+                where,
+                "missing - the platform drops a job without a registry callback; here the "
+                "job is scheduled for every object of its events",
+            )
+        return None, None
+    try:
+        entry = parse_entry(
+            text,
+            base,
+            extra_paths=[root],
+            what=key,
+            package_name=package_name,
+            from_import=from_import,
+        )
+    except ServiceError as exc:
+        problems.error(where, str(exc))
+        return text, None
+    if not entry.is_bare:
+        folder = "module" if key == "workerEntry" else "registry"
+        problems.platform(
+            where,
+            f"{text!r} is not a bare name - the platform looks the entry up as a name "
+            f"exported by the {folder} package's __init__.py; export {entry.attr!r} there "
+            f'and write "{key}": "{entry.attr}"',
+        )
+    if check:
+        try:
+            check_entry(entry, key)
+        except ServiceError as exc:
+            problems.error(where, str(exc))
+            return text, None
+    return text, entry
+
+
+def _timeout(raw: dict[str, Any], at: str, problems: _Problems) -> tuple[float, str]:
+    where = f"{at}.timeout"
+    value = problems.get(raw, "timeout", where, (str, int, float), default=DEFAULT_TIMEOUT)
+    try:
+        seconds = parse_timeout(value, "timeout")
+    except ServiceError as exc:
+        problems.error(where, str(exc))
+        return parse_timeout(DEFAULT_TIMEOUT), DEFAULT_TIMEOUT
+    if isinstance(value, str) and not PLATFORM_TIMEOUT_RE.match(value.strip()):
+        problems.platform(
+            where,
+            f"{value!r} is not in the platform's format [Nw][Nd][Nh][Nm][Ns] with whole "
+            "numbers, e.g. '90s', '10m', '1h30m'",
+        )
+    return seconds, str(value)
+
+
+def _job(
+    raw: object,
+    i: int,
+    root: Path,
+    registry_dir: Path,
+    module_dir: Path,
+    seen: set[str],
+    problems: _Problems,
+    source: str,
+) -> JobSpec | None:
+    at = f"service.jobs[{i}]"
+    if not isinstance(raw, dict):
+        problems.error(at, f"must be an object, got {type(raw).__name__}")
+        return None
+    name = problems.get(raw, "jobName", f"{at}.jobName", str, required=True)
+    if name is not None:
+        try:
+            validate_name(name, "job name")
+        except ValueError as exc:
+            problems.error(f"{at}.jobName", str(exc))
+            name = None
+    if name is not None:
+        if name in seen:
+            problems.error(
+                f"{at}.jobName", f"{name!r} is used by another job - job names must be unique"
+            )
+        seen.add(name)
+        at = f"{at} ({name})"
+    unknown = set(raw) - _KNOWN_JOB_FIELDS
+    if unknown:
+        logger.warning(
+            "%s: %s has unknown field(s) %s (ignored)", source, at, ", ".join(sorted(unknown))
+        )
+    disabled = problems.get(raw, "disabled", f"{at}.disabled", bool, default=False)
+    job_name = name or f"job{i}"
+    worker_text, worker = _entry(
+        raw,
+        "workerEntry",
+        at,
+        module_dir,
+        root,
+        problems,
+        check=not disabled,
+        package_name=WORKER_PACKAGE,
+        from_import=True,
+    )
+    registry_text, registry = _entry(
+        raw,
+        "registryEntry",
+        at,
+        registry_dir,
+        root,
+        problems,
+        check=not disabled,
+        package_name=registry_package_name(job_name),
+        from_import=False,
+    )
+    events = _events(raw, at, problems)
+    deps_raw = problems.get(raw, "dependsOn", f"{at}.dependsOn", (list, str), default=[])
+    deps = [deps_raw] if isinstance(deps_raw, str) else list(deps_raw)
+    if not all(isinstance(d, str) and d for d in deps):
+        problems.error(f"{at}.dependsOn", f"must name jobs (strings), got {deps_raw!r}")
+        deps = [d for d in deps if isinstance(d, str) and d]
+    params = problems.get(raw, "params", f"{at}.params", dict, default={})
+    timeout, timeout_text = _timeout(raw, at, problems)
+    sort_position = problems.get(
+        raw, "sortPosition", f"{at}.sortPosition", (int, float), default=DEFAULT_SORT_POSITION
+    )
+    worker_name = problems.get(raw, "worker", f"{at}.worker", str)
+    description = problems.get(raw, "description", f"{at}.description", str, default="")
+    if name is None or worker_text is None or not events:
+        return None
+    return JobSpec(
+        name=name,
+        worker_entry=worker_text,
+        events=events,
+        registry_entry=registry_text,
+        depends_on=tuple(dict.fromkeys(deps)),
+        params=dict(params),
+        timeout=timeout,
+        timeout_text=timeout_text,
+        sort_position=sort_position,
+        disabled=disabled,
+        index=i,
+        worker=worker,
+        registry=registry,
+        worker_name=worker_name,
+        description=description,
+    )
+
+
+def _events(raw: dict[str, Any], at: str, problems: _Problems) -> tuple[str, ...]:
+    where = f"{at}.events"
+    value = problems.get(raw, "events", where, (list, str), required=True)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        problems.platform(where, f"must be a list - write [{json.dumps(value)}]")
+        value = [value]
+    if not value:
+        problems.error(where, f"is empty - give one or more of {', '.join(JOB_EVENTS)}")
+        return ()
+    bad = [ev for ev in value if ev not in JOB_EVENTS]
+    for ev in bad:
+        problems.error(where, f"unknown event {ev!r} - known: {', '.join(JOB_EVENTS)}")
+    return tuple(dict.fromkeys(ev for ev in value if ev in JOB_EVENTS))
+
+
+def _top_level(data: dict[str, Any], root: Path, problems: _Problems) -> tuple[str, str, str]:
+    name = problems.get(data, "name", "name", str, required=True)
+    if name is not None:
+        try:
+            validate_name(name, "service name")
+        except ValueError as exc:
+            problems.error("name", str(exc))
+            name = None
+    version = data.get("version")
+    if version is None or (isinstance(version, str) and not version.strip()):
+        problems.platform(
+            "version", "missing - the platform requires a semantic version, e.g. '0.1.0'"
+        )
+        version = "0.0.0"
+    elif not isinstance(version, str) or not SEMVER_RE.match(version.strip()):
+        problems.platform(
+            "version", f"{version!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. '1.0.0')"
+        )
+    description = data.get("summary") or data.get("description") or ""
+    worker = data.get("worker")
+    if worker is not None:
+        if not isinstance(worker, dict):
+            problems.platform("worker", "must be an object with 'path' and 'type'")
+        elif not str(worker.get("path") or "").strip():
+            problems.platform("worker.path", "missing - required when 'worker' is given")
+        elif not (root / str(worker["path"])).exists():
+            problems.platform(
+                "worker.path", f"{worker['path']!r} does not exist next to the manifest"
+            )
+    return name or "", str(version), str(description)
+
+
+def inspect_manifest(
+    data: object, *, root: Path, source: str = "<manifest>"
+) -> tuple[ServiceManifest | None, list[ManifestProblem]]:
+    """Validate a manifest given as parsed JSON: ``(manifest, problems)``. The manifest
+    is ``None`` when an error leaves nothing to run."""
+    problems = _Problems()
+    if not isinstance(data, dict):
+        problems.error("", f"the manifest must be a JSON object, got {type(data).__name__}")
+        return None, problems.items
+    name, version, description = _top_level(data, root, problems)
+    service = data.get("service")
+    if service is None:
+        problems.error(
+            "service",
+            "missing required field"
+            + (
+                " - this is a worker package; a service needs 'service'" if "worker" in data else ""
+            ),
+        )
+        return None, problems.items
+    if not isinstance(service, dict):
+        problems.error("service", f"must be an object, got {type(service).__name__}")
+        return None, problems.items
+    registry_dir = _package_folder(root, service, "registry", problems)
+    module_dir = _package_folder(root, service, "module", problems)
+    raw_jobs = problems.get(service, "jobs", "service.jobs", list, required=True)
+    if raw_jobs is not None and not raw_jobs:
+        problems.error("service.jobs", "is empty - a service needs at least one job")
+    jobs: list[JobSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_jobs or []):
+        job = _job(raw, i, root, registry_dir, module_dir, seen, problems, source)
+        if job is not None:
+            jobs.append(job)
+    from .schedule import dependency_problems
+
+    for job_name, message in dependency_problems(jobs):
+        job = next(j for j in jobs if j.name == job_name)
+        problems.platform(f"service.jobs[{job.index}] ({job_name}).dependsOn", message)
+    if problems.errors or not jobs:
+        return None, problems.items
+    manifest = ServiceManifest(
+        name=name,
+        version=version,
+        path=Path(source) if source.endswith(".json") else None,
+        root=root,
+        registry_dir=registry_dir,
+        module_dir=module_dir,
+        jobs=tuple(jobs),
+        description=description,
+        findings=tuple(problems.items),
+    )
+    return manifest, problems.items
+
+
+def _raise_errors(source: str, problems: Sequence[ManifestProblem]) -> None:
+    errors = [p for p in problems if not p.platform_only]
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise ServiceError(f"{source}: {errors[0]}")
+    lines = "\n".join(f"  - {p}" for p in errors)
+    raise ServiceError(f"{source}: {len(errors)} problems:\n{lines}")
+
+
+def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, object]:
+    """``(manifest file, parsed JSON)`` for a service folder or manifest file; raises
+    :class:`ServiceError` naming the file when it is missing or not JSON."""
     p = Path(path).expanduser()
     if p.is_dir():
         file = p / MANIFEST_NAME
@@ -486,162 +953,39 @@ def load_manifest(path: str | os.PathLike[str]) -> ServiceManifest:
         raise ServiceError(
             f"service {str(path)!r} not found (give a folder with {MANIFEST_NAME}, or module:function)"
         )
-    source = str(file)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        return file, json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ServiceError(
-            f"{source}: not valid JSON - {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"{file}: not valid JSON - {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ServiceError(f"{source}: cannot read: {exc}") from None
-    return manifest_from_dict(data, root=file.resolve().parent, source=source)
+        raise ServiceError(f"{file}: cannot read: {exc}") from None
 
 
-def manifest_from_dict(data: object, *, root: Path, source: str = "<manifest>") -> ServiceManifest:
-    """Validate a manifest given as a dict (``root`` is the folder entries are relative to)."""
-    r = _Reader(source)
-    if not isinstance(data, dict):
-        raise ServiceError(
-            f"{source}: the manifest must be a JSON object, got {type(data).__name__}"
-        )
-    name = r.get(data, "name", "name", str, required=True)
-    try:
-        validate_name(name, "service name")
-    except ValueError as exc:
-        raise ServiceError(f"{source}: field 'name': {exc}") from None
-    version = str(
-        r.get(data, "version", "version", (str, int, float), required=False, default="0.0.0")
-    )
-    description = r.get(data, "description", "description", str, required=False, default="")
-    service = r.get(data, "service", "service", dict, required=True)
-    registry_dir = _folder(
-        root,
-        r.get(service, "registry", "service.registry", str, required=False),
-        "service.registry",
-        source,
-    )
-    module_dir = _folder(
-        root,
-        r.get(service, "module", "service.module", str, required=False),
-        "service.module",
-        source,
-    )
-    raw_jobs = r.get(service, "jobs", "service.jobs", list, required=True)
-    if not raw_jobs:
-        raise ServiceError(
-            f"{source}: field 'service.jobs' is empty - a service needs at least one job"
-        )
-    jobs: list[JobSpec] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_jobs):
-        at = f"service.jobs[{i}]"
-        if not isinstance(raw, dict):
-            raise ServiceError(f"{source}: '{at}' must be an object, got {type(raw).__name__}")
-        job_name = r.get(raw, "jobName", f"{at}.jobName", str, required=True)
-        try:
-            validate_name(job_name, "job name")
-        except ValueError as exc:
-            raise ServiceError(f"{source}: field '{at}.jobName': {exc}") from None
-        if job_name in seen:
-            raise ServiceError(
-                f"{source}: '{at}.jobName' {job_name!r} is used by another job - job names must be unique"
-            )
-        seen.add(job_name)
-        at = f"service.jobs[{i}] ({job_name})"
-        unknown = set(raw) - _KNOWN_JOB_FIELDS
-        if unknown:
-            logger.warning(
-                "%s: %s has unknown field(s) %s (ignored)", source, at, ", ".join(sorted(unknown))
-            )
-        worker_text = r.get(raw, "workerEntry", f"{at}.workerEntry", str, required=True)
-        registry_text = r.get(raw, "registryEntry", f"{at}.registryEntry", str, required=False)
-        events_raw = r.get(raw, "events", f"{at}.events", (list, str), required=True)
-        events = [events_raw] if isinstance(events_raw, str) else list(events_raw)
-        if not events:
-            raise ServiceError(
-                f"{source}: field '{at}.events' is empty - give one or more of {', '.join(JOB_EVENTS)}"
-            )
-        for ev in events:
-            if ev not in JOB_EVENTS:
-                raise ServiceError(
-                    f"{source}: field '{at}.events' has unknown event {ev!r} - known: {', '.join(JOB_EVENTS)}"
-                )
-        deps_raw = r.get(
-            raw, "dependsOn", f"{at}.dependsOn", (list, str), required=False, default=[]
-        )
-        deps = [deps_raw] if isinstance(deps_raw, str) else list(deps_raw)
-        if not all(isinstance(d, str) and d for d in deps):
-            raise ServiceError(
-                f"{source}: field '{at}.dependsOn' must list job names, got {deps_raw!r}"
-            )
-        params = r.get(raw, "params", f"{at}.params", dict, required=False, default={})
-        timeout_raw = r.get(
-            raw,
-            "timeout",
-            f"{at}.timeout",
-            (str, int, float),
-            required=False,
-            default=DEFAULT_TIMEOUT,
-        )
-        try:
-            timeout = parse_timeout(timeout_raw, f"'{at}.timeout'")
-        except ServiceError as exc:
-            raise ServiceError(f"{source}: {exc}") from None
-        sort_position = r.get(
-            raw, "sortPosition", f"{at}.sortPosition", int, required=False, default=0
-        )
-        disabled = r.get(raw, "disabled", f"{at}.disabled", bool, required=False, default=False)
-        try:
-            worker = parse_entry(
-                worker_text, module_dir, extra_paths=[root], what=f"'{at}.workerEntry'"
-            )
-            registry = (
-                parse_entry(
-                    registry_text, registry_dir, extra_paths=[root], what=f"'{at}.registryEntry'"
-                )
-                if registry_text
-                else None
-            )
-            if not disabled:
-                check_entry(worker, f"'{at}.workerEntry'")
-                if registry is not None:
-                    check_entry(registry, f"'{at}.registryEntry'")
-        except ServiceError as exc:
-            raise ServiceError(f"{source}: {exc}") from None
-        jobs.append(
-            JobSpec(
-                name=job_name,
-                worker_entry=worker_text,
-                events=tuple(dict.fromkeys(events)),
-                registry_entry=registry_text,
-                depends_on=tuple(dict.fromkeys(deps)),
-                params=dict(params),
-                timeout=timeout,
-                timeout_text=str(timeout_raw),
-                sort_position=sort_position,
-                disabled=disabled,
-                index=i,
-                worker=worker,
-                registry=registry,
-            )
-        )
-    manifest = ServiceManifest(
-        name=name,
-        version=version,
-        path=Path(source) if source.endswith(".json") else None,
-        root=root,
-        registry_dir=registry_dir,
-        module_dir=module_dir,
-        jobs=tuple(jobs),
-        description=description,
-    )
-    from .schedule import validate_dependencies
+def load_manifest(path: str | os.PathLike[str]) -> ServiceManifest:
+    """Load and validate a service manifest: a folder holding ``dcm-processor.json``,
+    or the JSON file itself. Raises :class:`ServiceError` listing every error; logs the
+    platform findings as one warning."""
+    file, data = read_manifest_file(path)
+    return manifest_from_dict(data, root=file.resolve().parent, source=str(file))
 
-    try:
-        validate_dependencies(manifest.jobs)
-    except ServiceError as exc:
-        raise ServiceError(f"{source}: {exc}") from None
+
+def manifest_from_dict(
+    data: object, *, root: Path, source: str = "<manifest>", warn: bool = True
+) -> ServiceManifest:
+    """Validate a manifest given as a dict (``root`` is the folder entries are relative
+    to); see :func:`load_manifest`."""
+    manifest, problems = inspect_manifest(data, root=root, source=source)
+    _raise_errors(source, problems)
+    assert manifest is not None
+    if warn and manifest.findings:
+        logger.warning(
+            "%s runs here, but the platform would refuse it or not run every job "
+            "(dcm-service check lists this):\n%s",
+            source,
+            "\n".join(f"  - {p}" for p in manifest.findings),
+        )
     return manifest
 
 
@@ -677,14 +1021,4 @@ def manifest_for_function(
             ]
         },
     }
-    return manifest_from_dict(data, root=root, source=f"worker {entry!r}")
-
-
-@contextlib.contextmanager
-def loaded_entries() -> Iterator[EntryLoader]:
-    """An :class:`EntryLoader` closed at the end of the ``with`` block."""
-    loader = EntryLoader()
-    try:
-        yield loader
-    finally:
-        loader.close()
+    return manifest_from_dict(data, root=root, source=f"worker {entry!r}", warn=False)

@@ -1,19 +1,26 @@
 """The local runner: plays the platform worker's part on one machine.
 
-:func:`run_service` (or :class:`Runner`) takes a service manifest and input DICOM and:
+:func:`run_service` (or :class:`Runner`) takes a service manifest and input DICOM and,
+calling the service exactly as the platform does (:mod:`.platform`):
 
 1. groups the input by patient and ingests it into the store, one session per patient,
    with the given peer as the images' source;
 2. per session, runs the pre-services hook (:func:`~dcm_processor_service.run_pre_services`);
-3. for every stable series, then study, then the patient, calls the registry callbacks
-   of that event's jobs (``callback(session_id, job_name, headers, params,
-   added_params)`` returning ``bool`` or ``(bool, dict)``; the dict lands in
-   ``added_params[job_name]``), then runs the scheduled jobs in ``dependsOn`` order,
-   each in its own process with the platform's environment variables, its timeout, and
-   the worker's arguments ``worker(session_id, job_name, headers, params, added_params,
-   job_id=, event=, service_id=, db_provider=, db_url=, db_name=)``;
-4. records every job's status and timings in the store (pending → running →
-   succeeded / failed / skipped / timed-out);
+3. builds the session's job graph as the platform's scheduler does: for each study, for
+   each of its series, then for the study, then for the patient, calls the registry
+   callbacks of that event's jobs in ``sortPosition`` order with the keywords
+   ``session_id, job_name, headers, added_params, params`` (``bool`` or ``(bool,
+   dict)``; the dict lands in ``added_params[job_name]``; an exception counts as false
+   and its traceback is logged), drops jobs whose ``dependsOn`` did not pass (the
+   report says why), and creates the remaining jobs: each series' jobs wait for the
+   pre-services hook, each study's jobs for every series job of the study, the patient's
+   jobs for every study job; within an object, ``dependsOn`` orders them;
+4. runs the graph in that order, each job in its own process with the platform's
+   environment variables, its timeout, and the worker's keywords ``job_name, worker_id,
+   worker_type, service_id, event, session_id, headers, added_params, params,
+   db_provider, db_name, db_url, job_id``; a job whose predecessor did not succeed is
+   skipped with the reason; every job's status and timings go to the store (pending ->
+   running -> succeeded / failed / skipped / timed-out);
 5. exports the session's files and data (``output_dir``; a file that cannot be written
    is reported and the export goes on), then runs the post-services hook (clean-up) —
    unless ``keep_session``, or a job or the export failed (then, as on the platform
@@ -42,6 +49,7 @@ import signal
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,8 +68,9 @@ from .inputs import InputScan, PatientGroup, scan_inputs
 from .job_process import run_job_process
 from .manifest import EntryLoader, JobSpec, ServiceManifest
 from .ownership import Heartbeat, this_owner
+from .platform import main_file_hazard, registry_result
 from .progress import RunObserver
-from .schedule import SUCCEEDED, blocked_reason, order_jobs
+from .schedule import SUCCEEDED, order_jobs, prune_dependencies
 
 __all__ = [
     "JobRun",
@@ -78,7 +87,10 @@ logger = logging.getLogger(__name__)
 #: Pseudo-event of the pre/post-services hooks in the job records.
 HOOK_EVENT = "session"
 _FAILED = ("failed", "timed-out")
-_EVENTS = (("stable-series", "series"), ("stable-study", "study"), ("stable-patient", "patient"))
+#: ``reason`` of a job whose registry callback returned false for an object.
+FILTERED_OUT = "registry callback returned false"
+#: Worker arguments that carry text from the manifest or the images.
+_TEXT_ARGUMENTS = ("params", "headers", "added_params")
 #: Signals that stop a run the way Ctrl-C does.
 _STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -183,6 +195,8 @@ class SessionRun:
     stored: int = 0
     series: int = 0
     jobs: list[JobRun] = field(default_factory=list)
+    #: Jobs not scheduled for an object: ``job_name``, ``event``, ``object``, ``reason``
+    #: (and ``traceback`` when the registry callback raised).
     not_scheduled: list[dict[str, str]] = field(default_factory=list)
     exported_to: str | None = None
     exported_files: list[str] = field(default_factory=list)
@@ -227,6 +241,11 @@ class RunReport:
     def ok(self) -> bool:
         """No job failed or timed out, and no export failed."""
         return all(s.ok for s in self.sessions)
+
+    @property
+    def callback_errors(self) -> list[dict[str, str]]:
+        """Registry callbacks that raised (each counted as false, as on the platform)."""
+        return [n for s in self.sessions for n in s.not_scheduled if n.get("traceback")]
 
     @property
     def exit_code(self) -> int:
@@ -281,20 +300,6 @@ def _label(kind: str, record: dict[str, Any]) -> str:
 def _safe_dir_name(text: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
     return cleaned[:64] or "session"
-
-
-def _filter_result(value: Any, job: str) -> tuple[bool, dict[str, Any]]:
-    """Interpret a registry callback's return: ``bool`` or ``(bool, dict)``."""
-    if isinstance(value, (tuple, list)):
-        ok = bool(value[0]) if value else False
-        extra = value[1] if len(value) > 1 else {}
-        if not isinstance(extra, dict):
-            logger.warning(
-                "registry callback of %r returned %r as params, not a dict: ignored", job, extra
-            )
-            extra = {}
-        return ok, extra
-    return bool(value), {}
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -367,6 +372,33 @@ def export_session(
     ]
     written.append(_write_text(out / "jobs.json", json.dumps(jobs, indent=2, default=str)))
     return written
+
+
+@dataclass
+class _Node:
+    """One scheduled job of a session's graph: it runs when everything it ``waits``
+    for (the platform's graph: series jobs before their study's jobs, ...) and every
+    job it ``depends`` on (its ``dependsOn``, same object) succeeded."""
+
+    run: JobRun
+    job: JobSpec
+    headers: dict[str, Any]
+    added_params: dict[str, Any]
+    waits: list[_Node]
+    depends: list[_Node]
+
+    def blocked_reason(self) -> str | None:
+        """Why this job must be skipped, or ``None``."""
+        for dep in self.depends:
+            if dep.run.status != SUCCEEDED:
+                return f"dependency {dep.run.job_name!r} {dep.run.status}"
+        for before in self.waits:
+            if before.run.status != SUCCEEDED:
+                return (
+                    f"waits for {before.run.object_kind} job {before.run.job_name!r} "
+                    f"({before.run.object_label}), which {before.run.status}"
+                )
+        return None
 
 
 class Runner:
@@ -578,6 +610,7 @@ class Runner:
         ctx: RuntimeContext,
         name: str,
         func: Callable[..., Any],
+        headers: dict[str, Any],
     ) -> JobRun:
         run = JobRun(
             session.session_id,
@@ -595,11 +628,19 @@ class Runner:
         t0 = time.monotonic()
         try:
             with use_context(ctx.replace(job_id=record.id, job_name=name)):
-                run.result = func(session.session_id, name, {}, {}, {}, store=store)
+                run.result = func(  # the platform's hook keywords, plus our open store
+                    session_id=session.session_id,
+                    headers=headers,
+                    added_params={},
+                    params={},
+                    db_provider=self.db_provider,
+                    db_name=self.db_name,
+                    db_url=self.db_url,
+                    job_id=record.id,
+                    store=store,
+                )
             run.status = SUCCEEDED
         except Exception as exc:
-            import traceback
-
             run.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc())
             logger.debug("%s failed", name, exc_info=True)
         run.finished_at = utcnow()
@@ -630,26 +671,14 @@ class Runner:
         ctx = self._context(session.session_id, peer)
         self._heartbeat.watch(session.session_id)
         self.observer.session_started(session)
-        pre = self._hook(store, session, ctx, "pre-services", run_pre_services)
-        history: dict[str, list[str]] = {}
+        patients = store.list_patients(session_id=session.session_id)
+        patient = patients[0] if patients else {}
+        pre = self._hook(store, session, ctx, "pre-services", run_pre_services, patient)
         if pre.failed:
             session.kept_reason = "pre-services failed"
         else:
-            for event, kind in _EVENTS:
-                jobs = self.manifest.jobs_for(event)
-                if not jobs:
-                    continue
-                if kind == "series":
-                    objects = store.list_series(session_id=session.session_id)
-                    session.series = len(objects)
-                elif kind == "study":
-                    objects = store.list_studies(session_id=session.session_id)
-                else:
-                    objects = store.list_patients(session_id=session.session_id)
-                for obj in objects:
-                    self._run_event(
-                        store, session, ctx, event, kind, obj, jobs, filters, history, work_dir
-                    )
+            for node in self._plan(store, session, ctx, filters, patients):
+                self._run_node(store, session, ctx, node, work_dir)
         if self.output_dir is not None:
             target = self.output_dir / _safe_dir_name(group.label)
             if target in self._exported:
@@ -665,7 +694,7 @@ class Runner:
         elif not session.ok and not self.cleanup_on_failure:
             session.kept_reason = session.kept_reason or "a job failed: session kept for inspection"
         if session.kept_reason is None:
-            post = self._hook(store, session, ctx, "post-services", run_post_services)
+            post = self._hook(store, session, ctx, "post-services", run_post_services, patient)
             session.cleaned_up = post.status == SUCCEEDED
         else:
             logger.info("session %s kept (%s)", session.session_id, session.kept_reason)
@@ -712,100 +741,170 @@ class Runner:
         self._heartbeat.watch(run.session_id, run.job_id)
         self.observer.job_started(run)
 
-    # ---------------------------------------------------------------- event
-    def _run_event(
+    # ---------------------------------------------------------------- graph
+    def _plan(
         self,
         store: Store,
         session: SessionRun,
         ctx: RuntimeContext,
+        filters: dict[str, Callable[..., Any]],
+        patients: list[dict[str, Any]],
+    ) -> list[_Node]:
+        """The session's job graph, as the platform's scheduler builds it for a patient:
+        per study its series' jobs, then the study's jobs (waiting for every series job
+        of the study), then the patient's jobs (waiting for every study job - or, for a
+        study without study jobs, its series jobs). Every registry callback runs here,
+        before any job does."""
+        sid = session.session_id
+        session.series = len(store.list_series(session_id=sid))
+        nodes: list[_Node] = []
+        patient_waits: list[_Node] = []
+        for study in store.list_studies(session_id=sid):
+            series_nodes: list[_Node] = []
+            for series in store.list_series(study_id=str(study["_id"]), session_id=sid):
+                series_nodes += self._schedule(
+                    store, session, ctx, filters, "stable-series", "series", series, []
+                )
+            study_nodes = self._schedule(
+                store, session, ctx, filters, "stable-study", "study", study, series_nodes
+            )
+            nodes += series_nodes + study_nodes
+            patient_waits += study_nodes or series_nodes
+        for patient in patients:
+            nodes += self._schedule(
+                store, session, ctx, filters, "stable-patient", "patient", patient, patient_waits
+            )
+        return nodes
+
+    def _schedule(
+        self,
+        store: Store,
+        session: SessionRun,
+        ctx: RuntimeContext,
+        filters: dict[str, Callable[..., Any]],
         event: str,
         kind: str,
         headers: dict[str, Any],
-        jobs: list[JobSpec],
-        filters: dict[str, Callable[..., Any]],
-        history: dict[str, list[str]],
-        work_dir: Path,
-    ) -> None:
+        waits: list[_Node],
+    ) -> list[_Node]:
+        """Call the registry callbacks of ``event``'s jobs for one object, drop the jobs
+        whose ``dependsOn`` did not pass, and create the remaining ones."""
+        jobs = self.manifest.jobs_for(event)
+        if not jobs:
+            return []
         sid = session.session_id
         label = _label(kind, headers)
         object_id = str(headers.get("_id"))
         added_params: dict[str, Any] = {}
-        scheduled: list[JobSpec] = []
+        passed: list[JobSpec] = []
+        why_not: dict[str, str] = {}
         for job in sorted(jobs, key=lambda j: (j.sort_position, j.index)):
             func = filters.get(job.name)
-            if func is None:
+            if func is None:  # no registryEntry (local only): every object
                 added_params[job.name] = {}
-                scheduled.append(job)
+                passed.append(job)
                 continue
             try:
                 with use_context(ctx.replace(job_event=event, job_name=job.name)):
                     value = func(
-                        sid,
-                        job.name,
-                        copy.deepcopy(headers),
-                        copy.deepcopy(job.params),
-                        added_params,
+                        session_id=sid,
+                        job_name=job.name,
+                        headers=copy.deepcopy(headers),
+                        added_params=added_params,
+                        params=copy.deepcopy(job.params),
                     )
-                ok, extra = _filter_result(value, job.name)
+                ok, extra = registry_result(value)
             except Exception as exc:
-                import traceback
-
-                run = JobRun(sid, job.name, event, kind, object_id, label)
-                run.fail(
-                    f"registry callback {job.registry_entry!r} raised {type(exc).__name__}: {exc}",
-                    traceback.format_exc(),
+                tb = traceback.format_exc()
+                why_not[job.name] = "its registry callback raised"
+                self._not_scheduled(
+                    session,
+                    job,
+                    event,
+                    label,
+                    f"registry callback {job.registry_entry!r} raised {type(exc).__name__}: "
+                    f"{exc} (counted as false, as on the platform)",
+                    tb,
                 )
-                run.reason = "registry callback failed"
-                session.jobs.append(run)
-                history.setdefault(job.name, []).append("failed")
-                self.observer.job_finished(run)
-                continue
-            if ok:
-                added_params[job.name] = extra
-                scheduled.append(job)
-            else:
-                session.not_scheduled.append(
-                    {"job_name": job.name, "event": event, "object": label}
-                )
-                logger.info(
-                    "job %s not scheduled for %s %s (registry callback returned false)",
+                logger.warning(
+                    "registry callback %r of job %s raised for %s %s - counted as false, as "
+                    "the platform does:\n%s",
+                    job.registry_entry,
                     job.name,
                     kind,
                     label,
+                    tb.rstrip(),
                 )
-        ordered = order_jobs(scheduled, event)
-        runs = []
-        for job in ordered:
+                continue
+            if extra is None:
+                logger.warning(
+                    "registry callback of %r returned %r as params, not a dict: ignored",
+                    job.name,
+                    value[1],
+                )
+                extra = {}
+            if ok:
+                added_params[job.name] = extra
+                passed.append(job)
+            else:
+                why_not[job.name] = "its registry callback returned false"
+                self._not_scheduled(session, job, event, label, FILTERED_OUT)
+        kept, pruned = prune_dependencies(
+            passed, all_jobs=self._by_name, event=event, object_kind=kind, why_not=why_not
+        )
+        for job in passed:
+            if job.name in pruned:
+                self._not_scheduled(session, job, event, label, pruned[job.name])
+        nodes: list[_Node] = []
+        by_name: dict[str, _Node] = {}
+        for job in order_jobs(kept, event):
             record = store.create_job(
                 sid, job.name, event, service_name=self.manifest.name, params=job.params
             )
-            runs.append(JobRun(sid, job.name, event, kind, object_id, label, job_id=record.id))
-        outcomes: dict[str, str] = {}
-        names = [j.name for j in scheduled]
-        for job, run in zip(ordered, runs, strict=True):
-            session.jobs.append(run)
-            reason = blocked_reason(
-                job,
-                event,
-                all_jobs=self._by_name,
-                scheduled=names,
-                outcomes=outcomes,
-                history=history,
-                object_kind=kind,
+            node = _Node(
+                run=JobRun(sid, job.name, event, kind, object_id, label, job_id=record.id),
+                job=job,
+                headers=headers,
+                added_params=added_params,
+                waits=waits,
+                depends=[by_name[d] for d in job.depends_on],
             )
-            if reason is not None:
-                run.status, run.reason = "skipped", reason
-                run.finished_at = utcnow()
-                assert run.job_id is not None
-                store.update_job(
-                    run.job_id, status="skipped", error=reason, finished_at=run.finished_at
-                )
-                logger.info("job %s skipped for %s %s: %s", job.name, kind, label, reason)
-                self.observer.job_finished(run)
-            else:
-                self._execute(store, run, job, ctx, headers, added_params, work_dir)
-            outcomes[job.name] = run.status
-            history.setdefault(job.name, []).append(run.status)
+            by_name[job.name] = node
+            nodes.append(node)
+        return nodes
+
+    def _not_scheduled(
+        self,
+        session: SessionRun,
+        job: JobSpec,
+        event: str,
+        label: str,
+        reason: str,
+        tb: str | None = None,
+    ) -> None:
+        entry = {"job_name": job.name, "event": event, "object": label, "reason": reason}
+        if tb:
+            entry["traceback"] = tb
+        session.not_scheduled.append(entry)
+        logger.info("job %s not scheduled for %s: %s", job.name, label, reason)
+
+    def _run_node(
+        self, store: Store, session: SessionRun, ctx: RuntimeContext, node: _Node, work_dir: Path
+    ) -> None:
+        run = node.run
+        session.jobs.append(run)
+        reason = node.blocked_reason()
+        if reason is None:
+            self._execute(store, run, node.job, ctx, node.headers, node.added_params, work_dir)
+            return
+        run.status, run.reason = "skipped", reason
+        run.finished_at = utcnow()
+        assert run.job_id is not None
+        store.update_job(run.job_id, status="skipped", error=reason, finished_at=run.finished_at)
+        logger.info(
+            "job %s skipped for %s %s: %s", run.job_name, run.object_kind, run.object_label, reason
+        )
+        self.observer.job_finished(run)
 
     def _execute(
         self,
@@ -820,22 +919,38 @@ class Runner:
         assert run.job_id is not None
         job_ctx = ctx.replace(job_id=run.job_id, job_event=run.event, job_name=job.name)
         self._start(store, run)
+        assert job.worker is not None
+        kwargs: dict[str, Any] = {  # exactly the platform's worker keywords
+            "job_name": job.name,
+            "worker_id": None,  # the platform's default worker: no worker record
+            "worker_type": None,
+            "service_id": self.manifest.name,
+            "event": run.event,
+            "session_id": run.session_id,
+            "headers": headers,
+            "added_params": added_params,
+            "params": job.params,
+            "db_provider": self.db_provider,
+            "db_name": self.db_name,
+            "db_url": self.db_url,
+            "job_id": run.job_id,
+        }
         spec = {
-            "entry": job.worker_entry,
-            "base_dir": str(self.manifest.module_dir),
-            "extra_paths": [str(self.manifest.root)],
+            "entry_point": job.worker.to_spec(),
             "what": f"workerEntry of job {job.name!r}",
-            "args": [run.session_id, job.name, headers, job.params, added_params],
-            "kwargs": {
-                "job_id": run.job_id,
-                "event": run.event,
-                "service_id": self.manifest.name,
-                "db_provider": self.db_provider,
-                "db_url": self.db_url,
-                "db_name": self.db_name,
-            },
+            "kwargs": kwargs,
             "log_level": self.job_log_level,
         }
+        hazard = next(filter(None, (main_file_hazard(kwargs[k], k) for k in _TEXT_ARGUMENTS)), None)
+        if hazard:
+            logger.warning(
+                "job %s (%s %s): %s - it runs here, but on the platform the worker's generated "
+                "main file cannot carry that text (the job would fail, or get a changed value)",
+                job.name,
+                run.object_kind,
+                run.object_label,
+                hazard,
+            )
 
         def poll(elapsed: float) -> None:
             try:
