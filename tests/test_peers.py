@@ -40,8 +40,12 @@ def test_add_get_list_remove(ctx) -> None:
 
 def test_session_peer_by_context(ctx) -> None:
     saved = dps.add_peer("origin", "ORIGIN", "127.0.0.1", 4242)
-    with pytest.raises(MissingContextError, match="PEER-ID"):
-        dps.get_peer()
+    assert dps.get_peer() is None  # the session has no peer (as the original answered)
+    with (
+        use_context(ctx.replace(session_id=None)),
+        pytest.raises(MissingContextError, match="SESSION-ID"),
+    ):
+        dps.get_peer()  # not in a job at all
     with use_context(ctx.replace(peer_id=saved.id)):
         assert dps.get_peer() == saved
     with use_context(ctx.replace(peer_id="origin")):

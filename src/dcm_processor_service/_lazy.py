@@ -15,15 +15,16 @@ __all__ = ["lazy_attributes"]
 
 
 def lazy_attributes(
-    package: str, where: Mapping[str, str], namespace: dict[str, Any]
+    package: str, where: Mapping[str, str], namespace: dict[str, Any], owner: str | None = None
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: name ``n`` is imported from submodule
-    ``where[n]`` on first access and cached in ``namespace`` (the package's globals)."""
+    """``(__getattr__, __dir__)`` for ``package`` (or for module ``owner`` of it): name
+    ``n`` is imported from submodule ``where[n]`` of ``package`` on first access and
+    cached in ``namespace`` (the module's globals)."""
 
     def __getattr__(name: str) -> Any:
         module = where.get(name)
         if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            raise AttributeError(f"module {owner or package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(f"{package}.{module}"), name)
         namespace[name] = value
         return value

@@ -2,8 +2,10 @@
 runner and integration engineers.
 
 ``get_peer()`` without a name returns the peer the current session's images came from
-(``DCM-PROCESSOR-SERVICE-PEER-ID``); with a name, that peer. An unknown name raises
-:class:`NotFoundError` listing the known peers.
+(``DCM-PROCESSOR-SERVICE-PEER-ID``), or ``None`` when the session has none (as the
+original did); with a name, that peer. An unknown name raises :class:`NotFoundError`
+listing the known peers. A :class:`Peer` is also a mapping with the platform's peer
+record keys (``peer["host"]``, ``peer.get("aet")``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ def _store(store: Store | None) -> Store:
     return store if store is not None else store_for()
 
 
-def get_peer(name: str | None = None, *, store: Store | None = None) -> Peer:
-    """The peer named ``name`` (or with that id), or the current session's peer."""
+def get_peer(name: str | None = None, *, store: Store | None = None) -> Peer | None:
+    """The peer named ``name`` (or with that id), or the current session's peer -
+    ``None`` when the session has no peer (no ``DCM-PROCESSOR-SERVICE-PEER-ID``; outside
+    a job, with no session either, :class:`MissingContextError` says so)."""
     if name is None:
-        name = current_context().require("peer_id")
+        ctx = current_context()
+        if ctx.peer_id is None:
+            ctx.require("session_id")
+            return None
+        name = ctx.peer_id
     return _store(store).get_peer(name)
 
 
@@ -102,6 +110,7 @@ def get_dicom_sender(
         logger.warning("no peer name given and the session has no peer: no sender")
         return None
     peer = get_peer(peer_name, store=store)
+    assert peer is not None  # a name, or the session's peer id
     from .dicom.send import DicomSender  # imported late: pynetdicom is only needed here
 
     return DicomSender.for_peer(

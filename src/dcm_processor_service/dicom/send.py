@@ -24,6 +24,7 @@ the exception as ``exc.report`` and kept in :attr:`DicomSender.last_report`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ from .._validation import validate_ae_title, validate_port
 from ..store.records import Peer
 from ._net_contexts import (
     STATUS_CANNOT_CONVERT,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
     plan_contexts,
     uid_name,
 )
@@ -96,6 +98,25 @@ DEFAULT_CALLED_AET: Final = "ANY-SCP"
 
 #: Local status: not sent because the association could not be (re-)established.
 STATUS_NOT_SENT: Final = 0x0110
+#: The original's per-call connection overrides (see :meth:`DicomSender.with_overrides`).
+_OVERRIDE_KEYS: Final = frozenset(
+    {
+        "host",
+        "port",
+        "aet",
+        "ae_title",
+        "tls",
+        "enable_tls",
+        "cert_file",
+        "tls_cert_file",
+        "key_file",
+        "tls_key_file",
+        "ca_file",
+        "tls_ca_file",
+        "trusted_ca",
+        "tls_trusted_ca",
+    }
+)
 
 
 def default_calling_ae_title(environ: Mapping[str, str] | None = None) -> str:
@@ -265,6 +286,12 @@ class EchoResult:
     def __bool__(self) -> bool:
         return self.ok
 
+    @property
+    def Status(self) -> int:
+        """The C-ECHO status as the original's pydicom status dataset had it (0x0000 =
+        success); 0x0122 when the peer does not support the Verification SOP class."""
+        return STATUS_SOP_CLASS_NOT_SUPPORTED if self.status is None else self.status
+
 
 class _Run:
     """Bookkeeping of one send, shared by the worker threads."""
@@ -385,6 +412,7 @@ class DicomSender:
         self.tcp_quickack = bool(tcp_quickack)
         self.enable_tls = bool(enable_tls)
         self.tls_server_name = tls_server_name or None
+        self._tls_files = (tls_cert_file, tls_key_file, tls_ca_file, bool(tls_trusted_ca))
         self._ssl_context = (
             build_client_ssl_context(
                 ca_file=tls_ca_file,
@@ -446,53 +474,125 @@ class DicomSender:
         return f"DicomSender({self.ae_title!r} -> {self.peer_label})"
 
     # -- compatible API --------------------------------------------------------------------
+    def with_overrides(self, **overrides: Any) -> DicomSender:
+        """A copy of this sender with the original's per-call connection overrides
+        applied: ``host``, ``port``, ``aet``/``ae_title`` (the peer's called AE title),
+        ``tls``/``enable_tls`` and - with TLS on - ``cert_file``/``tls_cert_file``,
+        ``key_file``/``tls_key_file``, ``ca_file``/``tls_ca_file``,
+        ``trusted_ca``/``tls_trusted_ca``. ``None`` values are ignored; an unknown key
+        raises :class:`InvalidInputError`."""
+        unknown = sorted(set(overrides) - _OVERRIDE_KEYS)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown connection override(s) {', '.join(map(repr, unknown))} - known: "
+                f"{', '.join(sorted(_OVERRIDE_KEYS))}"
+            )
+
+        def pick(*names: str) -> Any:
+            return next((overrides[n] for n in names if overrides.get(n) is not None), None)
+
+        if all(v is None for v in overrides.values()):
+            return self
+        clone = copy.copy(self)
+        host, port, aet, tls = (
+            pick("host"),
+            pick("port"),
+            pick("aet", "ae_title"),
+            pick("tls", "enable_tls"),
+        )
+        if host is not None:
+            clone.server_host = _host(host)
+        if port is not None:
+            clone.server_port = validate_port(port, "port")
+        if aet is not None:
+            clone.server_ae_title = validate_ae_title(aet, "aet")
+        if tls is not None:
+            clone.enable_tls = bool(tls)
+            cert, key, ca, trusted = self._tls_files
+            if clone.enable_tls:
+                cert = pick("cert_file", "tls_cert_file") or cert
+                key = pick("key_file", "tls_key_file") or key
+                ca = pick("ca_file", "tls_ca_file") or ca
+                found = pick("trusted_ca", "tls_trusted_ca")
+                trusted = trusted if found is None else bool(found)
+            clone._tls_files = (cert, key, ca, trusted)
+            clone._ssl_context = (
+                build_client_ssl_context(
+                    ca_file=ca, cert_file=cert, key_file=key, trusted_ca=trusted
+                )
+                if clone.enable_tls
+                else None
+            )
+        return clone
+
+    def _compat_send(
+        self, source: SourceLike, filter_callback: FilterCallback | None, overrides: dict[str, Any]
+    ) -> list[Dataset]:
+        sender = self.with_overrides(**overrides)
+        try:
+            return sender.send(source, filter_callback=filter_callback).status_datasets()
+        finally:
+            self.last_report = sender.last_report
+
     def send_dicom_from_path(
-        self, path: str | os.PathLike[str], filter_callback: FilterCallback | None = None
+        self,
+        path: str | os.PathLike[str],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
     ) -> list[Dataset]:
         """Send a file, or every file under a folder (recursively); return one status
-        dataset per instance. A DICOMDIR met in the folder is skipped."""
+        dataset per instance. A DICOMDIR met in the folder is skipped. ``kwargs``: the
+        per-call connection overrides of :meth:`with_overrides`."""
         if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
             raise InvalidInputError(f"invalid 'path' value {path!r} - no such file or folder")
-        return self.send(path, filter_callback=filter_callback).status_datasets()
+        return self._compat_send(path, filter_callback, kwargs)
 
     def send_dicom_from_filelist(
         self,
         filelist: Iterable[str | os.PathLike[str]],
         filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
     ) -> list[Dataset]:
         """Send the listed files; a missing or unreadable file gets a failure status and
-        the others are still sent."""
+        the others are still sent. ``kwargs``: per-call connection overrides."""
         files = [filelist] if isinstance(filelist, (str, os.PathLike)) else list(filelist)
         for i, item in enumerate(files):
             if not isinstance(item, (str, os.PathLike)):
                 raise InvalidInputError(
                     f"invalid 'filelist' item #{i} {item!r} - must be a file path"
                 )
-        return self.send(files, filter_callback=filter_callback).status_datasets()
+        return self._compat_send(files, filter_callback, kwargs)
 
     def send_dicom_from_dataset(
-        self, datasets: Dataset | Iterable[Dataset], filter_callback: FilterCallback | None = None
+        self,
+        datasets: Dataset | Iterable[Dataset],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
     ) -> list[Dataset]:
-        """Send pydicom datasets (one, or an iterable); reported as ``"dataset #i"``."""
+        """Send pydicom datasets (one, or an iterable); reported as ``"dataset #i"``.
+        ``kwargs``: per-call connection overrides."""
         items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
         for i, item in enumerate(items):
             if not isinstance(item, Dataset):
                 raise InvalidInputError(
                     f"invalid 'datasets' item #{i}: {type(item).__name__} - must be a pydicom Dataset"
                 )
-        return self.send(items, filter_callback=filter_callback).status_datasets()
+        return self._compat_send(items, filter_callback, kwargs)
 
     def send_dicom_from_dicomdir(
-        self, filename: str | os.PathLike[str], filter_callback: FilterCallback | None = None
+        self,
+        filename: str | os.PathLike[str],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
     ) -> list[Dataset]:
         """Send the instances a DICOMDIR references (``filename`` may also be the folder
-        holding the DICOMDIR)."""
+        holding the DICOMDIR). ``kwargs``: per-call connection overrides."""
         path = Path(filename)
         if path.is_dir():
             path = path / "DICOMDIR"
         if not path.is_file():
             raise InvalidInputError(f"invalid 'filename' value {filename!r} - no such DICOMDIR")
-        return self.send(dicomdir_files(path), filter_callback=filter_callback).status_datasets()
+        return self._compat_send(dicomdir_files(path), filter_callback, kwargs)
 
     # -- the core ----------------------------------------------------------------------------
     def send(
@@ -765,16 +865,20 @@ class DicomSender:
         )
 
     # -- C-ECHO --------------------------------------------------------------------------
-    def send_echo(self) -> EchoResult:
-        """C-ECHO the peer.
+    def send_echo(self, **kwargs: Any) -> EchoResult:
+        """C-ECHO the peer (``kwargs``: the per-call connection overrides of
+        :meth:`with_overrides`).
 
-        Returns an :class:`EchoResult` (truthy when the peer answered success); it is
+        Returns an :class:`EchoResult` (truthy when the peer answered success; its
+        ``.Status`` is the status code, as on the original's status dataset); it is
         falsy with ``error`` set when the peer answered a failure status or does not
         support the Verification SOP class. Like :meth:`send`, raises
         :class:`PeerUnreachableError`, :class:`AssociationRejectedError`,
         :class:`AssociationAbortedError` or :class:`TLSError` when no association can be
         used (no retries: an echo is a health check).
         """
+        if kwargs:
+            return self.with_overrides(**kwargs).send_echo()
         contexts = [
             ProposedContext(
                 1,

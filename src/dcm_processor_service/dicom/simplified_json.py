@@ -186,21 +186,28 @@ def metadata_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> 
 
 
 def get_simplified_json(
-    dataset: Dataset | str | os.PathLike[str],
+    ds: Dataset | str | os.PathLike[str] | None = None,
     n_slices: int | None = None,
     *,
     sequences: bool = True,
+    dataset: Dataset | str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Return the header of ``dataset`` as a JSON-serialisable keyword -> value dict.
+    """Return the header of ``ds`` as a JSON-serialisable keyword -> value dict.
 
-    ``dataset`` is a pydicom dataset or the path of a DICOM file (its header is read).
-    See the module documentation for the conversion rules. ``n_slices`` adds a
-    ``Slices`` entry (the number of slices of the converted volume).
+    ``ds`` (the original's parameter name; ``dataset=`` works too) is a pydicom dataset
+    or the path of a DICOM file (its header is read). See the module documentation for
+    the conversion rules. ``n_slices`` adds a ``Slices`` entry (the number of slices of
+    the converted volume).
 
     >>> header = get_simplified_json(ds, n_slices=120)
     >>> header["PatientName"], header["PatientAge"], header["Slices"]
     ('Doe^John', 45, 120)
     """
+    if ds is not None and dataset is not None:
+        raise InvalidInputError("give the dataset once: as 'ds' or as 'dataset', not both")
+    dataset = ds if ds is not None else dataset
+    if dataset is None:
+        raise InvalidInputError("missing 'ds' - a pydicom Dataset or a path to a DICOM file")
     if isinstance(dataset, (str, os.PathLike)):
         try:
             dataset = pydicom.dcmread(dataset, stop_before_pixels=True)

@@ -7,6 +7,7 @@ these by ``to_dict()``; their field names are part of the compatibility contract
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -30,12 +31,16 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class Peer:
+class Peer(Mapping[str, Any]):
     """A DICOM node (usually a PACS).
 
     ``aet`` is the peer's own AE title (the *called* AE title when we send to it).
     With ``tls`` on, ``ca_file`` verifies the peer's certificate and host name;
     ``cert_file``/``key_file`` are our client certificate for mutual TLS.
+
+    A peer is also a read-only mapping with the platform's peer record keys
+    (``peer["host"]``, ``peer.get("aet")``; see :meth:`to_dict`), as services written
+    for the platform read it.
     """
 
     name: str
@@ -80,6 +85,15 @@ class Peer:
         data["whitelist_aet"] = list(self.whitelist_aet)
         data["whitelist_ip"] = list(self.whitelist_ip)
         return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Peer:
