@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Install what dcm-processor-service needs on a fresh Debian/Ubuntu machine:
-#   system packages (with --system): dcmtk, Orthanc, PostgreSQL, openssl — the real peers and
-#   database the tests run against, libmagic for the platform's own packages (the MongoDB
-#   cross-checks build their environment, from the package index, on first run); then a
-#   virtual environment in .venv with the package.
+#   system packages (with --system): dcmtk, Orthanc, PostgreSQL, openssl, libmagic — the real
+#   peers and database the tests run against, and what the platform's packages (which the
+#   tests build a virtualenv for) need; then a virtual environment in .venv with the package.
 # Usage: bash scripts/bootstrap.sh [--system] [EXTRAS]     (EXTRAS default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +18,8 @@ if [ "$want_system" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v runuser >/dev/null || missing+=(util-linux)
-  # libmagic: the platform's DB provider (python-magic) in the MongoDB cross-checks
-  ls /usr/lib/*/libmagic.so.1 >/dev/null 2>&1 || ls /usr/lib/libmagic.so.1 >/dev/null 2>&1 \
-    || missing+=(libmagic1)
+  # libmagic: the platform's own packages (tests run services through them) need it
+  ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || missing+=(libmagic1)
   if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     echo "installing system packages: ${missing[*]}" >&2

@@ -1,104 +1,150 @@
-"""A virtual environment with the dcm-processor platform's own packages, for the
-cross-checks in ``tests/platform_checks``.
+"""The dcm-processor platform's own packages, in their own virtualenv, for tests that
+run our services through the platform's code and for the MongoDB cross-checks
+(``tests/platform_checks``, run inside it with its pytest).
 
-The platform's DB provider, ``dcm-processor-db-provider`` 0.0.1, pins
-``pydicom==3.0.1`` and ``pymongo==4.16.0`` (and its scheduler and worker pin it), which
-clash with the newer releases this package is tested with, so the cross-checks run in
-an environment of their own: the platform's provider, scheduler and worker from the
-package index, this package's dependencies (resolved against those pins), mongomock and
-pytest. This package itself is not installed there: the checks import it from the
-source tree (``PYTHONPATH``), so the environment does not depend on the checkout and
-is built once per cache directory (``$XDG_CACHE_HOME`` or ``~/.cache``) and
-requirement set. Building it needs the package index and ``libmagic`` (the provider
-imports python-magic); ``scripts/bootstrap.sh --system`` installs the latter.
+:func:`platform_python` returns the interpreter of a virtualenv holding the platform:
+``dcm-processor`` 2.0.1 (its service installer), ``dcm-processor-worker`` 0.0.1 and
+``dcm-processor-job-scheduler`` 0.0.1 with their pinned dependencies
+(``dcm-processor-db-provider``, ``dcm-processor-utils``, ``mongo-qas``, pydicom 3.0.1,
+pymongo 4.16, requests 2.32.4, ...), ``mongomock`` (no MongoDB server can run here: the
+platform's database is an in-process fake), and this package as an editable install,
+so the virtualenv always runs the code under test. The pins clash with ours, hence a
+separate virtualenv. :func:`original_package` gives the original package's source.
+
+It is built once (about a minute, from the package index; ``DCM_PLATFORM_WHEELS`` may
+name a folder of the platform's wheels to prefer) and cached under
+``$DCM_SERVICE_TEST_CACHE`` (default ``~/.cache/dcm-processor-service-tests``), keyed by
+the requirements, this checkout and the Python version. A lock file keeps concurrent
+test sessions from building it twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
-import venv
-from collections.abc import Iterator
-from importlib import metadata
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PLATFORM_REQUIREMENTS", "platform_python", "platform_requirements"]
+__all__ = [
+    "ORIGINAL_PACKAGE",
+    "PLATFORM_REQUIREMENTS",
+    "REPO_ROOT",
+    "original_package",
+    "platform_python",
+]
 
-#: The platform's packages (exact versions of the deployment being matched).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PLATFORM_REQUIREMENTS = (
-    "dcm-processor-db-provider==0.0.1",
-    "dcm-processor-job-scheduler==0.0.1",
+    "dcm-processor==2.0.1",
     "dcm-processor-worker==0.0.1",
+    "dcm-processor-job-scheduler==0.0.1",
+    "dcm-processor-db-provider==0.0.1",
+    # the tools of the checks that run inside it (tests/platform_checks)
+    "mongomock>=4.1",
+    "pytest>=8",
+    "pytest-timeout>=2.3",
 )
-#: What the checks themselves need.
-_TEST_REQUIREMENTS = ("mongomock>=4.1", "pytest>=8", "pytest-timeout>=2.3")
-
-
-def platform_requirements() -> list[str]:
-    """Everything installed into the environment: the platform's packages, this
-    package's core and ``mongodb`` dependencies (as installed here), the test tools."""
-    ours = []
-    for requirement in metadata.requires("dcm-processor-service") or []:
-        spec, _, marker = requirement.partition(";")
-        if not marker.strip() or marker.replace(" ", "").replace("'", '"') == 'extra=="mongodb"':
-            ours.append(spec.strip())
-    return [*PLATFORM_REQUIREMENTS, *sorted(ours), *_TEST_REQUIREMENTS]
+_MARKER = ".dcm-service-platform-ok"
+#: The original package this one is a drop-in for.
+ORIGINAL_PACKAGE = "dcm-processor-service==0.0.1"
 
 
 def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "dcm-processor-service"
+    root = os.environ.get("DCM_SERVICE_TEST_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "dcm-processor-service-tests"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``path`` (several test runs may build at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _key() -> str:
+    text = "\n".join(
+        [
+            *PLATFORM_REQUIREMENTS,
+            str(REPO_ROOT),
+            (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"),
+            sys.version,
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _pip(python: Path, *args: str) -> None:
+    wheels = os.environ.get("DCM_PLATFORM_WHEELS")
+    extra = ["--find-links", wheels] if wheels else []
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *extra, *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"pip install {' '.join(args)} failed in the platform virtualenv:\n{proc.stderr[-3000:]}"
+        )
+
+
+def _cached(name: str, build: Callable[[Path], None]) -> Path:
+    """The cache folder ``name``, made by ``build(folder)`` unless a complete one is
+    there (its marker file, written last, says so); a lock file keeps concurrent test
+    sessions from building it twice, a failed build leaves nothing behind."""
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    if (target / _MARKER).is_file():
+        return target
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            if not (target / _MARKER).is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                try:
+                    build(target)
+                except BaseException:
+                    shutil.rmtree(target, ignore_errors=True)
+                    raise
+                (target / _MARKER).write_text("ok\n")
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def _build_venv(target: Path) -> None:
+    # a virtualenv records its own path, so it is built in place
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(target)], check=True, stdin=subprocess.DEVNULL
+    )
+    _pip(target / "bin" / "python", *PLATFORM_REQUIREMENTS, "-e", str(REPO_ROOT))
 
 
 def platform_python() -> Path:
-    """The Python of the (cached) platform environment, built on first use.
+    """The interpreter of the (cached) platform virtualenv, built on first use."""
+    return _cached(f"platform-venv-{_key()}", _build_venv) / "bin" / "python"
 
-    Raises ``RuntimeError`` with pip's output when the environment cannot be built.
-    """
-    requirements = platform_requirements()
-    key = hashlib.sha256("\n".join([sys.version, *requirements]).encode("utf-8")).hexdigest()[:16]
-    root = _cache_root() / f"platform-venv-{key}"
-    python = root / "bin" / "python"
-    done = root / ".complete"
-    with _locked(root.with_name(root.name + ".lock")):
-        if done.exists():
-            return python
-        venv.EnvBuilder(clear=True, with_pip=True).create(root)
-        result = subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                *requirements,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"could not build the platform environment in {root} "
-                f"(pip install {' '.join(requirements)}):\n{result.stdout}\n{result.stderr}"
-            )
-        done.write_text("\n".join(requirements) + "\n")
-    return python
+
+def _download_original(target: Path) -> None:
+    target.mkdir(parents=True)
+    wheels = os.environ.get("DCM_PLATFORM_WHEELS")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q"]
+    command += ["--disable-pip-version-check", "-d", str(target)]
+    command += [*(["--find-links", wheels] if wheels else []), ORIGINAL_PACKAGE]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip download {ORIGINAL_PACKAGE} failed:\n{proc.stderr[-3000:]}")
+    (wheel,) = target.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+
+
+def original_package() -> Path:
+    """The source folder ``dcm_processor_service`` of the original package (its wheel
+    from the package index, unpacked once into the cache; never imported - its import
+    name is ours)."""
+    return _cached("original-dcm-processor-service-0.0.1", _download_original) / (
+        "dcm_processor_service"
+    )

@@ -9,8 +9,12 @@ session data.
 ``job_name``) and sends the DICOM objects to the session's peer - or logs that it
 skipped the sending when the session has no peer.
 
-Both have the platform's worker signature; the runner passes ``job_id``, ``event``,
-``service_id``, ``db_provider``, ``db_url`` and ``db_name`` as keyword arguments.
+Both have the platform's worker signature: the platform (and ``dcm-service run``) calls
+them with keywords only - ``session_id``, ``job_name``, ``headers``, ``params``,
+``added_params`` and, caught by ``**kwargs``, ``job_id``, ``event``, ``service_id``,
+``worker_id``, ``worker_type``, ``db_provider``, ``db_name``, ``db_url``. They are
+exported by this package's ``__init__.py``, which is what the manifest's bare
+``workerEntry`` names refer to.
 """
 
 from __future__ import annotations
@@ -23,20 +27,22 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from pydicom import dcmread
-from report_pdf import build_report_pdf
 
 from dcm_processor_service import (
+    SegmentInfo,
+    dicom_series_to_nifti,
     download_session_file,
     get_dicom_sender,
+    get_series_dicom,
     get_session_data,
+    make_pdf_dicom,
+    make_segmentation,
+    report_progress,
     set_session_data,
     upload_session_file,
 )
-from dcm_processor_service.dicom.derived import make_pdf_dicom
-from dcm_processor_service.dicom.nifti import dicom_series_to_nifti
-from dcm_processor_service.dicom.seg import SegmentInfo, make_segmentation
-from dcm_processor_service.dicom.series import get_series_dicom
-from dcm_processor_service.progress import report_progress
+
+from .report_pdf import build_report_pdf
 
 logger = logging.getLogger("threshold_service")
 
