@@ -98,8 +98,9 @@ WORKERS = textwrap.dedent(
 
     def sleep(session_id, job_name, headers, params, added_params, **kwargs):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        with open(params["pid_file"], "w") as f:
+        with open(params["pid_file"] + ".part", "w") as f:  # whole, or not there at all
             json.dump({"job": os.getpid(), "child": child.pid}, f)
+        os.replace(params["pid_file"] + ".part", params["pid_file"])
         time.sleep(float(params.get("seconds", 60)))
         return "woke up"
 
