@@ -107,7 +107,17 @@ def test_echo_and_send_commands(tmp_path: Path, clean_orthanc: OrthancPeer, caps
     make_sample_ct(tmp_path / "ct", slices=3, size=16, patient_id="SEND-1")
     assert main(["send", "orthanc", str(tmp_path / "ct"), "--json", *store]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result == {"peer": "orthanc", "sent": 3, "failed": 0, "instances": 3}
+    assert result == {
+        "peer": "orthanc",
+        "sent": 3,
+        "failed": 0,
+        "instances": 3,
+        "refused": 0,
+        "in_doubt": 0,
+        "not_sent": 0,
+        "not_stored": [],
+        "error": None,
+    }
     assert len(orthanc.instances()) == 3
     # a stored series, by its record id
     assert main(["ingest", str(tmp_path / "ct"), "--json", *store]) == 0

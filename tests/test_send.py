@@ -7,6 +7,7 @@ files, Orthanc's REST API).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +35,10 @@ from dcm_processor_service._errors import (
 )
 from dcm_processor_service.dicom.send import (
     DEFAULT_CALLING_AET,
+    STATUS_IN_DOUBT,
     DicomSender,
     EchoResult,
+    Outcome,
     SendReport,
     StatusCategory,
     default_calling_ae_title,
@@ -51,6 +54,7 @@ from support.peers import (
     run_orthanc,
     run_storescp,
 )
+from support.ul_peers import ScriptedSCP
 
 pytestmark = pytest.mark.network
 
@@ -435,17 +439,162 @@ def test_peer_killed_mid_send_and_restarted_gets_the_rest_exactly_once(tmp_path:
 
 def test_peer_aborting_every_association_raises_after_the_retries(tmp_path: Path) -> None:
     files = _series(tmp_path / "src", 3)
+    # --abort-after: storescp receives each C-STORE, then aborts instead of answering.
     with run_storescp(tmp_path / "rx", extra_args=["--abort-after"]) as scp:
         sender = DicomSender("TESTSCU", "127.0.0.1", scp.port, scp.aet, max_retries=2, backoff=0.01)
         with pytest.raises(AssociationAbortedError, match="aborted the association") as info:
             sender.send(files)
+        received = set(scp.datasets())
     report = info.value.report  # type: ignore[attr-defined]
     assert report is sender.last_report
     assert report.retries == 2 and report.associations == 3
     assert [r.source for r in report.results] == [str(p) for p in files]
-    assert [r.status for r in report.results] == [0x0110] * 3
-    assert [r.attempts for r in report.results] == [3, 0, 0]
-    assert all(not r.sent and "aborted" in (r.error or "") for r in report.results)
+    # #1 sent, aborted, sent once more (the default in-doubt resend), aborted again;
+    # #2 sent, aborted - then the retries were used up; #3 never went out.
+    assert [r.outcome for r in report.results] == [
+        Outcome.IN_DOUBT,
+        Outcome.IN_DOUBT,
+        Outcome.NOT_SENT,
+    ]
+    assert [r.status for r in report.results] == [STATUS_IN_DOUBT, STATUS_IN_DOUBT, 0x0110]
+    assert [r.attempts for r in report.results] == [2, 1, 0]
+    assert [r.sent for r in report.results] == [True, True, False]
+    assert all("aborted" in (r.error or "") for r in report.results)
+    # storescp discards what it aborts on; the never-sent instance cannot be there
+    assert received <= {r.sop_instance_uid for r in report.in_doubt}
+
+
+# -- in doubt: sent, no response -----------------------------------------------------------------
+def test_a_peer_that_stores_but_never_answers_is_reported_in_doubt(tmp_path: Path) -> None:
+    """A pynetdicom SCP writes every C-STORE to disk and never answers. The report
+    must say what the disk says: those instances reached the peer (in doubt - sent, no
+    response), the last one never went out; nothing is "not sent" that was sent."""
+    files = _series(tmp_path / "src", 3)
+    uids = [_uid(p) for p in files]
+    with ScriptedSCP(tmp_path / "rx", hang_stores=-1) as scp:
+        sender = DicomSender(
+            "TESTSCU", "127.0.0.1", scp.port, scp.ae_title, dimse_timeout=0.5, backoff=0.01
+        )
+        with pytest.raises(AssociationAbortedError, match="no response from") as info:
+            sender.send(files)
+        on_disk = scp.stored_uids()
+    report = info.value.report  # type: ignore[attr-defined]
+    # the default policy: an unanswered instance is sent once more; the retries
+    # (max_retries=3, no progress) then ran out before the third instance
+    assert on_disk == [uids[0], uids[0], uids[1], uids[1]]
+    assert [r.outcome for r in report.results] == [
+        Outcome.IN_DOUBT,
+        Outcome.IN_DOUBT,
+        Outcome.NOT_SENT,
+    ]
+    assert [r.attempts for r in report.results] == [2, 2, 0]
+    assert [r.sent for r in report.results] == [True, True, False]
+    assert [r.status for r in report.results] == [STATUS_IN_DOUBT, STATUS_IN_DOUBT, 0x0110]
+    assert {r.sop_instance_uid for r in report.in_doubt} == set(on_disk)
+    assert report.not_sent[0].sop_instance_uid == uids[2] and uids[2] not in on_disk
+    doubt = report.in_doubt[0]
+    assert doubt.error == (
+        f"in doubt: sent, no response (no response from {scp.ae_title}@127.0.0.1:{scp.port} "
+        f"within 0.5 s (association aborted)) - the peer may have stored it; C-STORE sent "
+        f"2 time(s), 2 without a response"
+    )
+    assert (doubt.transfer_syntax, doubt.conversion) == (ELE, "none")
+    assert doubt.status_dataset.ErrorComment == (
+        "in doubt: sent, no response - the peer may have stored it"
+    )
+    assert report.counts() == {"stored": 0, "refused": 0, "in_doubt": 2, "not_sent": 1}
+    assert "0 stored (0 with warnings), 0 refused, 2 in doubt (sent, no response), 1 not sent" in (
+        report.summary()
+    )
+    assert report.associations == 4 and report.retries == 3
+    with pytest.raises(
+        StoreFailedError, match=r"3 of 3 instance\(s\) were not confirmed as stored"
+    ):
+        report.raise_for_failures()
+
+
+def test_in_doubt_instances_are_not_resent_when_so_configured(tmp_path: Path) -> None:
+    files = _series(tmp_path / "src", 3)
+    with ScriptedSCP(tmp_path / "rx", hang_stores=-1) as scp:
+        sender = DicomSender(
+            "TESTSCU",
+            "127.0.0.1",
+            scp.port,
+            scp.ae_title,
+            dimse_timeout=0.5,
+            max_retries=1,
+            backoff=0.01,
+            in_doubt_resends=0,
+        )
+        with pytest.raises(AssociationAbortedError) as info:
+            sender.send(files)
+        on_disk = scp.stored_uids()
+    report = info.value.report  # type: ignore[attr-defined]
+    assert on_disk == [_uid(files[0]), _uid(files[1])]  # each exactly once
+    assert [(r.outcome, r.attempts) for r in report.results] == [
+        (Outcome.IN_DOUBT, 1),
+        (Outcome.IN_DOUBT, 1),
+        (Outcome.NOT_SENT, 0),
+    ]
+
+
+def test_an_in_doubt_instance_resent_once_is_stored(tmp_path: Path) -> None:
+    """Only the first C-STORE goes unanswered: the resend (same SOP Instance UID, which
+    a PACS stores over the first copy) is confirmed; the report says stored, 2 attempts."""
+    files = _series(tmp_path / "src", 3)
+    uids = [_uid(p) for p in files]
+    with ScriptedSCP(tmp_path / "rx", hang_stores=1) as scp:
+        sender = DicomSender(
+            "TESTSCU", "127.0.0.1", scp.port, scp.ae_title, dimse_timeout=0.5, backoff=0.01
+        )
+        statuses = sender.send_dicom_from_filelist(files)
+        on_disk = scp.stored_uids()
+    report = sender.last_report
+    assert report is not None and report.ok
+    assert [int(ds.Status) for ds in statuses] == [0, 0, 0]
+    assert on_disk == [uids[0], uids[0], uids[1], uids[2]]
+    assert [(r.outcome, r.attempts) for r in report.results] == [
+        (Outcome.STORED, 2),
+        (Outcome.STORED, 1),
+        (Outcome.STORED, 1),
+    ]
+    assert report.retries == 1 and report.associations == 2
+
+
+def test_the_send_command_shows_instances_in_doubt(tmp_path: Path, capsys) -> None:
+    """``dcm-service send`` against storescp --abort-after (it takes each C-STORE and
+    aborts instead of answering): text and JSON name the in-doubt instances apart from
+    the one never sent, and the exit code is 1."""
+    from dcm_processor_service.cli import main
+
+    files = _series(tmp_path / "src", 3)
+    store = ["--store", str(tmp_path / "store")]
+    with run_storescp(tmp_path / "rx", extra_args=["--abort-after"]) as scp:
+        add = ["peers", "add", "pacs", scp.aet, "127.0.0.1", str(scp.port), *store]
+        assert main(add) == 0
+        capsys.readouterr()
+        assert main(["send", "pacs", *map(str, files), "--json", *store]) == 1
+        result = json.loads(capsys.readouterr().out)
+        assert main(["send", "pacs", str(files[0]), *store]) == 1
+        text = capsys.readouterr()
+    assert {k: result[k] for k in ("sent", "failed", "instances")} == {
+        "sent": 0,
+        "failed": 3,
+        "instances": 3,
+    }
+    assert {k: result[k] for k in ("refused", "in_doubt", "not_sent")} == {
+        "refused": 0,
+        "in_doubt": 2,
+        "not_sent": 1,
+    }
+    assert [(r["source"], r["outcome"], r["attempts"]) for r in result["not_stored"]] == [
+        (str(files[0]), "in_doubt", 2),
+        (str(files[1]), "in_doubt", 2),
+        (str(files[2]), "not_sent", 0),
+    ]
+    assert "aborted the association" in result["error"]
+    assert "sent 0 of 1 instance(s) to pacs; 1 in doubt (sent, no response)" in text.out
+    assert f"  in doubt: {files[0]}: 0xCFFF in doubt: sent, no response" in text.err
 
 
 def test_rejected_calling_ae_title_raises_with_the_reason(

@@ -24,7 +24,7 @@ from dcm_processor_service._errors import (
     NetworkError,
     TLSError,
 )
-from dcm_processor_service.dicom.send import DicomSender
+from dcm_processor_service.dicom.send import DicomSender, Outcome
 from dcm_processor_service.dicom.tls import MINIMUM_TLS_VERSION, build_client_ssl_context
 from dcm_processor_service.store.records import Peer
 from support.peers import (
@@ -34,10 +34,12 @@ from support.peers import (
     copy_with_new_uid,
     issue_certificate,
     make_ca,
+    make_text_sr,
     make_tls_files,
     run_orthanc,
     run_storescp,
 )
+from support.ul_peers import RawConnection, RawPeer, response_to
 
 pytestmark = pytest.mark.network
 
@@ -243,3 +245,57 @@ def test_orthanc_with_an_untrusted_ca_is_refused(tls_orthanc: OrthancPeer, pki: 
     )
     with pytest.raises(TLSError, match="certificate verify failed"):
         sender.send_echo()
+
+
+# -- deadlines over TLS (raw-socket TLS peers written in the test: pynetdicom cannot trickle)
+def _tls_server_context(files: TLSFiles) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files.server_cert, files.server_key)
+    return ctx
+
+
+def test_a_trickled_response_over_tls_is_bounded_by_the_dimse_timeout(
+    pki: PKI, ct_file: Path
+) -> None:
+    """The peer takes the C-STORE, then sends its response one byte every 0.1 s inside
+    TLS records: the DIMSE timeout bounds the whole response, and the instance, which
+    went out in full, is reported in doubt."""
+
+    def script(conn: RawConnection) -> None:
+        conn.accept_association()
+        ctx, command, _ = conn.read_message()
+        conn.trickle(response_to(ctx, command), 0.1)
+
+    with RawPeer(script, ssl_context=_tls_server_context(pki.files)) as peer:
+        sender = _sender(peer.port, pki.files, aet="RAW", dimse_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(AssociationAbortedError, match="within 1.0 s") as info:
+            sender.send(ct_file)
+        elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 2.0
+    result = info.value.report.results[0]  # type: ignore[attr-defined]
+    assert (result.outcome, result.attempts) == (Outcome.IN_DOUBT, 1)
+
+
+def test_a_slow_reader_over_tls_is_bounded_by_the_network_timeout(pki: PKI) -> None:
+    """The peer reads 256 KiB every 0.1 s (13 s for 32 MiB): each block of at most
+    4 MiB we send must be taken within the network timeout, over TLS too."""
+
+    def script(conn: RawConnection) -> None:
+        conn.accept_association()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not conn.stop.wait(0.1):
+            if not conn.sock.recv(256 * 1024):
+                return
+
+    ds = make_text_sr()
+    ds.EncapsulatedDocument = bytes(32 * 1024 * 1024)  # 32 MiB of payload
+    with RawPeer(script, ssl_context=_tls_server_context(pki.files)) as peer:
+        sender = _sender(peer.port, pki.files, aet="RAW", network_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(AssociationAbortedError, match="did not take the data") as info:
+            sender.send(ds)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3.0
+    result = info.value.report.results[0]  # type: ignore[attr-defined]
+    assert (result.outcome, result.sent) == (Outcome.NOT_SENT, False)

@@ -1228,12 +1228,14 @@ def send(
     settings: _Settings,
 ) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
+    from .dicom.send import Outcome
     from .dicom.series import get_series_dicom
     from .runner.inputs import expand_inputs
 
     if not paths and not series_ids:
         raise click.UsageError("give files or folders to send, or --series ID")
     reports = []
+    fatal: DcmProcessorError | None = None
     with store_spec.open() as store:
         target = store.get_peer(peer)
         sender = _sender_for(target)
@@ -1241,24 +1243,61 @@ def send(
             ds for series_id in series_ids for ds in get_series_dicom(series_id, store=store)
         ]
         files = [str(p) for p in expand_inputs(paths)] if paths else []
-        if files:
-            reports.append(sender.send(files))
-        if datasets:
-            reports.append(sender.send(datasets))
+        try:
+            if files:
+                reports.append(sender.send(files))
+            if datasets:
+                reports.append(sender.send(datasets))
+        except DcmProcessorError as exc:  # a network failure: show what was done first
+            if getattr(exc, "report", None) is None:
+                raise
+            reports.append(exc.report)  # type: ignore[attr-defined]
+            fatal = exc
     results = [r for report in reports for r in report.results]
     failed = [r for r in results if not r.ok]
-    sent = len(results) - len(failed)
+    counts = {o: sum(r.outcome is o for r in results) for o in Outcome}
     if settings.json:
         _print_json(
-            {"peer": target.name, "sent": sent, "failed": len(failed), "instances": len(results)}
+            {
+                "peer": target.name,
+                "sent": counts[Outcome.STORED],
+                "failed": len(failed),
+                "instances": len(results),
+                **{o.value: n for o, n in counts.items() if o is not Outcome.STORED},
+                "not_stored": [
+                    {
+                        "source": r.source,
+                        "sop_instance_uid": r.sop_instance_uid,
+                        "outcome": r.outcome.value,
+                        "status": r.status,
+                        "attempts": r.attempts,
+                        "error": r.error,
+                    }
+                    for r in failed
+                ],
+                "error": str(fatal) if fatal else None,
+            }
         )
     else:
+        labels = {
+            Outcome.REFUSED: "refused",
+            Outcome.IN_DOUBT: "in doubt",
+            Outcome.NOT_SENT: "not sent",
+        }
+        breakdown = ", ".join(
+            f"{counts[o]} {label}" + (" (sent, no response)" if o is Outcome.IN_DOUBT else "")
+            for o, label in labels.items()
+            if counts[o]
+        )
         _out(
-            f"sent {sent} of {len(results)} instance(s) to {target.name}"
-            + (f"; {len(failed)} failed" if failed else "")
+            f"sent {counts[Outcome.STORED]} of {len(results)} instance(s) to {target.name}"
+            + (f"; {breakdown}" if breakdown else "")
         )
         for r in failed[:20]:
-            _err(f"  not stored: {r.source}: 0x{r.status:04X} {r.error or ''}".rstrip())
+            _err(f"  {labels[r.outcome]}: {r.source}: 0x{r.status:04X} {r.error or ''}".rstrip())
+    if fatal is not None:
+        _err(f"error: {fatal}")
+        return 1
     if not results:
         _err("error: nothing to send (no DICOM instance in the input)")
         return 2

@@ -19,9 +19,21 @@ on the caller's thread with one blocking socket:
   ``TCP_NODELAY=1``) hold the end of each response back until we ACK its start, which
   Linux delays by up to 40 ms - 13.3 s instead of 0.8 s for 300 slices to Orthanc.
 
+Every wait has a deadline for the whole step, not for each read or write: the
+A-ASSOCIATE-AC must arrive in full within the ACSE timeout, a whole DIMSE response
+(all its PDUs) within the DIMSE timeout, the release within the ACSE timeout, and each
+block of at most 4 MiB we send must be taken by the peer within the network timeout.
+A peer that trickles one byte at a time cannot stretch a timeout (PS3.8 ARTIM and the
+DIMSE timeout are meant as bounds on the step).
+
+The requestor side follows the state machine of PS3.8 9.2 (:class:`State`): release
+collisions are answered as Sta9 -> Sta11 prescribe, and anything unexpected aborts.
+
 Errors are translated to the package tree here. Each carries ``transient`` (bool):
 whether a retry on a new association may succeed (refused/reset/aborted/timeouts: yes;
-unknown host, TLS failures, permanent rejections: no).
+unknown host, TLS failures, permanent rejections: no), and ``in_doubt`` (bool): whether
+the request was sent in full before the failure, so that the peer may have performed it
+although it never answered (see :func:`is_in_doubt`).
 """
 
 from __future__ import annotations
@@ -30,14 +42,16 @@ import contextlib
 import io
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, NoReturn
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -67,7 +81,9 @@ __all__ = [
     "NegotiatedContext",
     "PayloadError",
     "ProposedContext",
+    "State",
     "Timeouts",
+    "is_in_doubt",
     "is_transient",
     "status_dataset",
 ]
@@ -138,6 +154,25 @@ def is_transient(exc: BaseException) -> bool:
     return bool(getattr(exc, "transient", False))
 
 
+def is_in_doubt(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a request that had been sent in full: no valid response
+    came (timeout, abort, closed connection, garbage), so the peer may have performed it
+    - e.g. stored the instance - without telling us."""
+    return bool(getattr(exc, "in_doubt", False))
+
+
+class State(str, Enum):
+    """The states of PS3.8 Table 9-10 an established association passes through on
+    the requestor side (negotiation, Sta4/Sta5, happens inside
+    :meth:`Association.request`)."""
+
+    IDLE = "Sta1"  # no transport connection (released or aborted)
+    ESTABLISHED = "Sta6"  # data transfer
+    AWAITING_RELEASE_RP = "Sta7"  # A-RELEASE-RQ sent
+    RELEASE_COLLISION = "Sta9"  # A-RELEASE-RQ received in Sta7: answer it (requestor)
+    COLLISION_AWAITING_RP = "Sta11"  # our A-RELEASE-RP sent, awaiting the peer's
+
+
 class PayloadError(Exception):
     """The instance's bytes could not be read while its C-STORE was being sent (the
     association had to be aborted); a local problem of this one instance."""
@@ -145,9 +180,10 @@ class PayloadError(Exception):
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to wait (``None`` = forever): TCP connect (+TLS handshake), association
-    accept/release (ACSE), a C-STORE/C-ECHO response (DIMSE), and any single socket
-    send/recv while transferring data (network)."""
+    """Seconds to wait (``None`` = forever), each a deadline for a whole step: TCP
+    connect (+TLS handshake); the whole A-ASSOCIATE-AC and the whole release (ACSE);
+    a whole C-STORE/C-ECHO response, all its PDUs, from the end of the request (DIMSE);
+    the peer taking each block of at most 4 MiB we send (network)."""
 
     connect: float | None = 10.0
     acse: float | None = 30.0
@@ -215,6 +251,10 @@ def _mapped(exc: BaseException, where: str, *, tls: bool) -> NetworkError:
 
 class _ProtocolError(ValueError):
     """The peer sent bytes that are not valid DICOM UL."""
+
+
+class _PeerSpoke(Exception):
+    """The peer sent something while our request was still going out."""
 
 
 class _Closed(Exception):
@@ -336,6 +376,13 @@ class Association:
         self._msg_id = 0
         self._buffer = bytearray()
         self.bytes_sent = 0
+        self.state = State.ESTABLISHED
+        # Watches for an A-ABORT (or a close) arriving while a request is going out.
+        # Plain TCP only: over TLS, records without data (session tickets) arrive too.
+        self._poller: select.poll | None = None
+        if not tls:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
@@ -397,6 +444,7 @@ class Association:
                 True,
             ) from exc
 
+        answering = False  # Sta5 once the request is out: awaiting A-ASSOCIATE-AC/RJ
         try:
             if tcp_nodelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -430,16 +478,26 @@ class Association:
                         False,
                     ) from exc
             rq = _build_associate_rq(calling_ae_title, called_ae_title, contexts, max_pdu)
-            sock.settimeout(timeouts.network)
-            sock.sendall(rq)
-            pdu_type, pdu = _recv_pdu(sock, timeouts.acse, max_pdu, before_association=True)
+            _send_all(sock, [rq], _deadline(timeouts.network), scatter=False)
+            answering = True
+            pdu_type, pdu = _recv_pdu(
+                sock, _deadline(timeouts.acse), max_pdu, before_association=True
+            )
         except BaseException as exc:
             _close(sock)
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError) and answering:
                 raise _mark(
                     PeerUnreachableError(
                         f"DICOM peer {label} did not answer the association request within "
                         f"{timeouts.acse} s"
+                    ),
+                    True,
+                ) from exc
+            if isinstance(exc, TimeoutError):
+                raise _mark(
+                    PeerUnreachableError(
+                        f"DICOM peer {label} did not take the association request within "
+                        f"{timeouts.network} s"
                     ),
                     True,
                 ) from exc
@@ -605,96 +663,164 @@ class Association:
         length: int = 0,
         offset: int = 0,
     ) -> None:
+        """Send a command and its dataset (``data`` in memory, or ``length`` bytes of
+        ``fh`` from ``offset``) as P-DATA-TF PDUs no longer than the peer's maximum PDU
+        length - the command set too - in blocks of at most 4 MiB, each of which the
+        peer must take within the network timeout."""
         sock = self._require_socket()
-        bufs: list[bytes | memoryview] = [
-            _PDV_HEADER.pack(_P_DATA, 0, len(command) + 6, len(command) + 2, context_id, 0x03),
-            command,
-        ]
         frag = (self.peer_max_pdu - 6) if self.peer_max_pdu > 6 else 0
+        bufs: list[bytes | memoryview] = []
+        self._frame(bufs, context_id, memoryview(command), frag, last=True, command=True)
+        if fh is not None and length <= 0:
+            raise PayloadError("the file holds no dataset after its File Meta Information")
+        block = _READ_BLOCK if not frag else max(frag, _READ_BLOCK // frag * frag)
+        blocks: Iterable[tuple[memoryview, bool]] = ()
+        if fh is not None:
+            blocks = self._file_blocks(fh, offset, length, block)
+        elif data is not None:
+            blocks = (
+                (data[pos : pos + block], pos + block >= len(data))
+                for pos in range(0, len(data), block)
+            )
         try:
-            sock.settimeout(self._timeouts.network)
-            if data is not None:
-                self._frame(bufs, context_id, data, frag, last=True)
+            for piece, last in blocks:
+                self._frame(bufs, context_id, piece, frag, last=last)
                 self._send_buffers(sock, bufs)
-            elif fh is not None:
-                if length <= 0:
-                    raise PayloadError("the file holds no dataset after its File Meta Information")
-                fh.seek(offset)
-                block = _READ_BLOCK if not frag else max(frag, _READ_BLOCK // frag * frag)
-                block = min(block, length)
-                if len(self._buffer) < block:
-                    self._buffer = bytearray(block)  # reused: no page faults per instance
-                view = memoryview(self._buffer)
-                remaining = length
-                while remaining > 0:
-                    want = min(block, remaining)
-                    got = 0
-                    while got < want:
-                        n = fh.readinto(view[got:want])
-                        if not n:
-                            self.abort()
-                            raise PayloadError(
-                                f"file changed while being sent: expected {length} dataset "
-                                f"bytes, got {length - remaining + got}"
-                            )
-                        got += n
-                    remaining -= want
-                    self._frame(bufs, context_id, view[:want], frag, last=remaining == 0)
-                    self._send_buffers(sock, bufs)
-                    bufs = []
-            else:
+                bufs = []
+            if bufs:
                 self._send_buffers(sock, bufs)
         except PayloadError:
+            self.abort()  # the peer holds part of a message it can never complete
             raise
+        except _PeerSpoke:
+            self._interrupted(sock)
         except BaseException as exc:
+            words = _pending_abort(sock) if isinstance(exc, OSError) and not self.tls else None
             self.abort()
+            if words is not None:
+                raise _mark(
+                    AssociationAbortedError(
+                        f"{self.label} aborted the association while we were sending: {words}"
+                    ),
+                    True,
+                ) from exc
+            if isinstance(exc, TimeoutError):
+                raise _mark(
+                    AssociationAbortedError(
+                        f"{self.label} did not take the data we sent within "
+                        f"{self._timeouts.network} s (association aborted)"
+                    ),
+                    True,
+                ) from exc
             if isinstance(exc, (OSError, _Closed)):
                 raise _mapped(exc, f"while sending to {self.label}", tls=self.tls) from exc
             raise
 
+    def _interrupted(self, sock: socket.socket) -> NoReturn:
+        """The peer sent something while our request was going out: an A-ABORT (PS3.8
+        Sta13 peers keep reading, so we would otherwise send on for nothing), or it
+        closed the connection. The request is incomplete: the peer cannot have
+        performed it."""
+        try:
+            pdu_type, pdu = _recv_pdu(sock, _deadline(self._timeouts.network), self._max_pdu)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, (OSError, _Closed)):
+                raise _mapped(exc, f"while sending to {self.label}", tls=self.tls) from exc
+            if isinstance(exc, _ProtocolError):
+                raise _mark(
+                    AssociationAbortedError(f"protocol error from {self.label}: {exc}"), True
+                ) from exc
+            raise
+        if pdu_type == 0x07:
+            self._close()
+            raise _mark(
+                AssociationAbortedError(
+                    f"{self.label} aborted the association while we were sending: "
+                    f"{_abort_words(pdu)}"
+                ),
+                True,
+            )
+        self.abort()
+        raise _mark(
+            AssociationAbortedError(
+                f"unexpected PDU type 0x{pdu_type:02X} from {self.label} while we were "
+                f"sending a request"
+            ),
+            True,
+        )
+
+    def _file_blocks(
+        self, fh: io.RawIOBase, offset: int, length: int, block: int
+    ) -> Iterable[tuple[memoryview, bool]]:
+        """Yield (bytes, is the last block) of ``length`` bytes of ``fh`` from
+        ``offset``, read into one reused buffer (no page faults per instance)."""
+        fh.seek(offset)
+        block = min(block, length)
+        if len(self._buffer) < block:
+            self._buffer = bytearray(block)
+        view = memoryview(self._buffer)
+        remaining = length
+        while remaining > 0:
+            want = min(block, remaining)
+            got = 0
+            while got < want:
+                n = fh.readinto(view[got:want])
+                if not n:
+                    raise PayloadError(
+                        f"file changed while being sent: expected {length} dataset "
+                        f"bytes, got {length - remaining + got}"
+                    )
+                got += n
+            remaining -= want
+            yield view[:want], remaining == 0
+
     @staticmethod
     def _frame(
-        bufs: list[bytes | memoryview], ctx: int, data: memoryview, frag: int, *, last: bool
+        bufs: list[bytes | memoryview],
+        ctx: int,
+        data: memoryview,
+        frag: int,
+        *,
+        last: bool,
+        command: bool = False,
     ) -> None:
         """Append the PDU headers and fragments of ``data`` (one PDV per P-DATA-TF PDU,
-        each at most the peer's maximum PDU length)."""
+        each at most the peer's maximum PDU length); ``command`` sets the command bit of
+        the message control header, ``last`` the last-fragment bit on the final piece."""
         n = len(data)
         step = frag or n
+        kind = 0x01 if command else 0x00
         for pos in range(0, n, step):
             piece = data[pos : pos + step]
-            ctrl = 0x02 if (last and pos + step >= n) else 0x00
+            ctrl = kind | (0x02 if (last and pos + step >= n) else 0x00)
             bufs.append(_PDV_HEADER.pack(_P_DATA, 0, len(piece) + 6, len(piece) + 2, ctx, ctrl))
             bufs.append(piece)
 
     def _send_buffers(self, sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
-        total = sum(len(b) for b in bufs)
-        if self.tls or not hasattr(sock, "sendmsg"):
-            sock.sendall(b"".join(bufs))  # SSLSocket has no sendmsg()
-            self.bytes_sent += total
-            return
-        i = 0
-        while i < len(bufs):
-            sent = sock.sendmsg(bufs[i : i + _IOV_MAX])
-            while sent and i < len(bufs):
-                size = len(bufs[i])
-                if sent >= size:
-                    sent -= size
-                    i += 1
-                else:
-                    bufs[i] = memoryview(bufs[i])[sent:]
-                    sent = 0
-        self.bytes_sent += total
+        scatter = not self.tls and hasattr(sock, "sendmsg")  # SSLSocket has no sendmsg()
+        self.bytes_sent += _send_all(
+            sock, bufs, _deadline(self._timeouts.network), scatter=scatter, watch=self._poller
+        )
 
     def _await_response(self, msg_id: int, command_field: int) -> Dataset:
+        """The response to request ``msg_id``, which was sent in full: whatever goes
+        wrong now leaves its outcome in doubt (the error is marked ``in_doubt``)."""
+        try:
+            return self._read_response(msg_id, command_field)
+        except NetworkError as exc:
+            exc.in_doubt = True  # type: ignore[attr-defined]
+            raise
+
+    def _read_response(self, msg_id: int, command_field: int) -> Dataset:
         sock = self._require_socket()
         fragments: list[bytes] = []
+        deadline = _deadline(self._timeouts.dimse)  # for the whole response, all its PDUs
         try:
             while True:
                 if self._quickack:
                     _quickack(sock)
-                pdu_type, pdu = _recv_pdu(
-                    sock, self._timeouts.dimse, self._max_pdu, quickack=self._quickack
-                )
+                pdu_type, pdu = _recv_pdu(sock, deadline, self._max_pdu, quickack=self._quickack)
                 if pdu_type == _P_DATA:
                     done = False
                     for _ctx, ctrl, data in _iter_pdvs(memoryview(pdu)[6:]):
@@ -785,31 +911,51 @@ class Association:
         return self._sock is not None
 
     def release(self) -> bool:
-        """Release the association (A-RELEASE-RQ/RP) and close the socket. Never raises;
-        returns False (after aborting) when the peer did not answer properly."""
+        """Release the association and close the socket. Never raises; returns False
+        (after aborting) when the peer did not complete the release properly.
+
+        PS3.8 9.2: A-RELEASE-RQ, then (Sta7) wait for A-RELEASE-RP - P-DATA arriving
+        meanwhile is ignored. If the peer's own A-RELEASE-RQ arrives instead, that is a
+        release collision; as the association-requestor we answer it with A-RELEASE-RP
+        (Sta9) and then wait for the peer's A-RELEASE-RP (Sta11) before closing. The
+        whole release must be over within the ACSE timeout.
+        """
         sock = self._sock
         if sock is None:
             return False
         try:
-            sock.settimeout(self._timeouts.network)
-            sock.sendall(_A_RELEASE_RQ)
-            deadline = (
-                None if self._timeouts.acse is None else time.monotonic() + self._timeouts.acse
-            )
+            _send_all(sock, [_A_RELEASE_RQ], _deadline(self._timeouts.network), scatter=False)
+            self.state = State.AWAITING_RELEASE_RP
+            deadline = _deadline(self._timeouts.acse)
             while True:
-                left = None if deadline is None else max(0.001, deadline - time.monotonic())
-                pdu_type, _pdu = _recv_pdu(sock, left, self._max_pdu)
-                if pdu_type == 0x06:
+                pdu_type, _pdu = _recv_pdu(sock, deadline, self._max_pdu)
+                if pdu_type == 0x06:  # A-RELEASE-RP (Sta7 or Sta11): done
                     self._close()
                     return True
-                if pdu_type == 0x05:  # release collision: answer and finish
-                    sock.sendall(_A_RELEASE_RP)
-                    self._close()
-                    return True
+                if pdu_type == 0x05 and self.state is State.AWAITING_RELEASE_RP:
+                    self.state = State.RELEASE_COLLISION
+                    logger.debug(
+                        "release collision with %s: answering its A-RELEASE-RQ", self.label
+                    )
+                    _send_all(
+                        sock, [_A_RELEASE_RP], _deadline(self._timeouts.network), scatter=False
+                    )
+                    self.state = State.COLLISION_AWAITING_RP
+                    continue
                 if pdu_type == 0x07:
+                    logger.debug("%s aborted the release: %s", self.label, _abort_words(_pdu))
                     self._close()
                     return False
-                # a late P-DATA: ignore and keep waiting for the A-RELEASE-RP
+                if pdu_type == _P_DATA and self.state is State.AWAITING_RELEASE_RP:
+                    continue  # a late P-DATA: ignore and keep waiting for the A-RELEASE-RP
+                logger.debug(
+                    "unexpected PDU type 0x%02X from %s in %s - aborting",
+                    pdu_type,
+                    self.label,
+                    self.state.value,
+                )
+                self.abort()
+                return False
         except Exception as exc:
             logger.debug("release of %s failed (%s) - aborting", self.label, exc)
             self.abort()
@@ -822,11 +968,13 @@ class Association:
             return
         _abort_socket(sock)
         self._sock = None
+        self.state = State.IDLE
 
     def _close(self) -> None:
         if self._sock is not None:
             _close(self._sock)
             self._sock = None
+        self.state = State.IDLE
 
     def _require_socket(self) -> socket.socket:
         if self._sock is None:
@@ -903,13 +1051,77 @@ def _quickack(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """The :func:`time.monotonic` instant ``timeout`` seconds from now (None: never)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _wait_until(sock: socket.socket, deadline: float | None) -> None:
+    """Give the next blocking call on ``sock`` only the time left until ``deadline``
+    (so a peer that trickles bytes cannot restart the clock with every read);
+    :class:`TimeoutError` when nothing is left."""
+    if deadline is None:
+        sock.settimeout(None)
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    sock.settimeout(left)
+
+
+def _send_all(
+    sock: socket.socket,
+    bufs: Sequence[bytes | memoryview],
+    deadline: float | None,
+    *,
+    scatter: bool,
+    watch: select.poll | None = None,
+) -> int:
+    """Send every byte of ``bufs`` before ``deadline``; return how many were sent.
+
+    ``scatter``: one ``sendmsg`` per up to 512 buffers (no copy); else the buffers are
+    joined and sent with ``send`` (TLS sockets have no ``sendmsg``, and their
+    ``sendall`` restarts the timeout on every record). ``watch``: a poller of ``sock``
+    for input, checked before every call - :class:`_PeerSpoke` when the peer sent
+    something (or closed)."""
+    total = sum(len(b) for b in bufs)
+    if not scatter:
+        data = memoryview(b"".join(bufs))
+        while data:
+            _wait_until(sock, deadline)
+            data = data[sock.send(data) :]
+        return total
+    pending = list(bufs)
+    i = 0
+    while i < len(pending):
+        if watch is not None and watch.poll(0):
+            raise _PeerSpoke()
+        _wait_until(sock, deadline)
+        sent = sock.sendmsg(pending[i : i + _IOV_MAX])
+        while sent and i < len(pending):
+            size = len(pending[i])
+            if sent >= size:
+                sent -= size
+                i += 1
+            else:
+                pending[i] = memoryview(pending[i])[sent:]
+                sent = 0
+    return total
+
+
 def _recv_exact(
-    sock: socket.socket, n: int, *, before_association: bool = False, quickack: bool = False
+    sock: socket.socket,
+    n: int,
+    deadline: float | None,
+    *,
+    before_association: bool = False,
+    quickack: bool = False,
 ) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        _wait_until(sock, deadline)
         k = sock.recv_into(view[got:], n - got)
         if not k:
             raise _Closed(before_association)
@@ -921,21 +1133,44 @@ def _recv_exact(
 
 def _recv_pdu(
     sock: socket.socket,
-    timeout: float | None,
+    deadline: float | None,
     max_pdu: int,
     *,
     before_association: bool = False,
     quickack: bool = False,
 ) -> tuple[int, bytes]:
-    """Read one PDU; return (type, the whole PDU including its 6-byte header)."""
-    sock.settimeout(timeout)
-    header = _recv_exact(sock, 6, before_association=before_association, quickack=quickack)
+    """Read one whole PDU before ``deadline``; return (type, the PDU with its 6-byte
+    header)."""
+    header = _recv_exact(
+        sock, 6, deadline, before_association=before_association, quickack=quickack
+    )
     pdu_type, _reserved, length = _PDU_HEADER.unpack(header)
     limit = _UNLIMITED_PDU_CAP if max_pdu == 0 else max(max_pdu, 64 * 1024) + 6
     if length > limit:
         raise _ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum")
-    body = _recv_exact(sock, length, before_association=before_association, quickack=quickack)
+    body = _recv_exact(
+        sock, length, deadline, before_association=before_association, quickack=quickack
+    )
     return pdu_type, bytes(header + body)
+
+
+def _pending_abort(sock: socket.socket) -> str | None:
+    """The reason of an A-ABORT that already arrived, in words, or None. Used when a
+    send failed: a peer that aborts mid-transfer closes the connection, and our send
+    then fails with a reset although the A-ABORT (and its reason) is waiting to be
+    read. Plain sockets only; never blocks."""
+    try:
+        sock.setblocking(False)
+        data = sock.recv(64 * 1024)
+    except (OSError, ValueError):
+        return None
+    pos = 0
+    while pos + 6 <= len(data):
+        pdu_type, _reserved, length = _PDU_HEADER.unpack_from(data, pos)
+        if pdu_type == 0x07:
+            return _abort_words(data[pos : pos + 10])
+        pos += 6 + length
+    return None
 
 
 def _close(sock: socket.socket) -> None:

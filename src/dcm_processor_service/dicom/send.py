@@ -15,6 +15,10 @@ Every input form is reduced to one list of instances and goes through one core l
    compress) to a syntax the peer accepted, else record a per-instance failure;
 4. **retry** - transient failures (refused, reset, aborted, timeouts) reopen the
    association with exponential backoff and resume after the last confirmed instance;
+   an instance whose C-STORE went out in full but got no response is *in doubt* (the
+   peer may have stored it): it is sent again ``in_doubt_resends`` times (default once:
+   a C-STORE of the same SOP Instance UID replaces the earlier copy) and, if it never
+   gets an answer, reported as :attr:`Outcome.IN_DOUBT` - never as "not sent";
 5. **release** - the association is released (or aborted on error) in ``finally``.
 
 Network-level failures that remain after the retries raise (see the error tree in
@@ -47,6 +51,7 @@ from ..store.records import Peer
 from ._net_contexts import (
     STATUS_CANNOT_CONVERT,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
+    Route,
     plan_contexts,
     uid_name,
 )
@@ -68,6 +73,7 @@ from ._net_ul import (
     PayloadError,
     ProposedContext,
     Timeouts,
+    is_in_doubt,
     is_transient,
     status_dataset,
 )
@@ -77,9 +83,12 @@ __all__ = [
     "CALLING_AET_ENV",
     "DEFAULT_CALLED_AET",
     "DEFAULT_CALLING_AET",
+    "STATUS_IN_DOUBT",
+    "STATUS_NOT_SENT",
     "DicomSender",
     "EchoResult",
     "InstanceResult",
+    "Outcome",
     "SendReport",
     "SendTimings",
     "StatusCategory",
@@ -117,6 +126,10 @@ _OVERRIDE_KEYS: Final = frozenset(
         "tls_trusted_ca",
     }
 )
+#: Local status: the C-STORE was sent in full but no response came (the peer may have
+#: stored the instance). The last code of the "Cannot understand" failure range, which
+#: PS3.4 leaves to implementations; ``InstanceResult.outcome`` is the unambiguous field.
+STATUS_IN_DOUBT: Final = 0xCFFF
 
 
 def default_calling_ae_title(environ: Mapping[str, str] | None = None) -> str:
@@ -148,14 +161,27 @@ class StatusCategory(str, Enum):
         return cls.FAILURE
 
 
+class Outcome(str, Enum):
+    """Where an instance stands after a send - what the peer told us, or did not."""
+
+    STORED = "stored"  # the peer answered success or warning
+    REFUSED = "refused"  # the peer answered a failure status
+    IN_DOUBT = "in_doubt"  # sent in full, no response: the peer may have stored it
+    NOT_SENT = "not_sent"  # never sent in full (local reason, no association...)
+
+
 @dataclass(frozen=True)
 class InstanceResult:
     """What happened to one instance.
 
-    ``status`` is the peer's DIMSE status when ``sent`` is True; otherwise a local code:
+    ``outcome`` says where it stands (:class:`Outcome`). ``status`` is the peer's DIMSE
+    status when the peer answered (stored or refused); otherwise a local code:
     ``0x0122`` the peer accepted no presentation context for the SOP class, ``0xC000``
     the input could not be read or converted, ``0x0110`` not sent because the peer
-    could not be reached / the association kept failing. ``error`` says why in words.
+    could not be reached / the association kept failing, ``0xCFFF`` in doubt (sent, no
+    response). ``error`` says why in words. ``sent`` is True when the whole C-STORE
+    request went out (stored, refused or in doubt); ``attempts`` counts the C-STOREs
+    started for it.
     """
 
     source: str
@@ -163,6 +189,7 @@ class InstanceResult:
     sop_class_uid: str | None
     status: int
     category: StatusCategory
+    outcome: Outcome
     error: str | None = None
     sent: bool = False
     transfer_syntax: str | None = None
@@ -173,8 +200,8 @@ class InstanceResult:
 
     @property
     def ok(self) -> bool:
-        """True when the peer stored the instance (success or warning)."""
-        return self.category is not StatusCategory.FAILURE
+        """True when the peer confirmed it stored the instance (success or warning)."""
+        return self.outcome is Outcome.STORED
 
 
 @dataclass
@@ -227,13 +254,37 @@ class SendReport:
 
     @property
     def failed(self) -> list[InstanceResult]:
-        """Instances not stored (peer failure status or a local reason)."""
+        """Instances the peer did not confirm as stored: refused, in doubt, or not sent."""
         return [r for r in self.results if not r.ok]
 
     @property
+    def refused(self) -> list[InstanceResult]:
+        """Instances the peer answered with a failure status."""
+        return self._with(Outcome.REFUSED)
+
+    @property
+    def in_doubt(self) -> list[InstanceResult]:
+        """Instances sent in full that never got a response: the peer may have stored
+        them (check on the peer before sending them again)."""
+        return self._with(Outcome.IN_DOUBT)
+
+    @property
+    def not_sent(self) -> list[InstanceResult]:
+        """Instances never sent in full (unreadable, no accepted context, no association)."""
+        return self._with(Outcome.NOT_SENT)
+
+    def _with(self, outcome: Outcome) -> list[InstanceResult]:
+        return [r for r in self.results if r.outcome is outcome]
+
+    @property
     def ok(self) -> bool:
-        """True when no instance failed (also True when there was nothing to send)."""
+        """True when every instance was confirmed stored (also True when there was
+        nothing to send)."""
         return not self.failed
+
+    def counts(self) -> dict[str, int]:
+        """Instances per :class:`Outcome` value (every outcome present, 0 included)."""
+        return {o.value: len(self._with(o)) for o in Outcome}
 
     def status_datasets(self) -> list[Dataset]:
         """One status dataset per instance (the compatible ``send_dicom_from_*`` result)."""
@@ -247,8 +298,14 @@ class SendReport:
                 f"{r.source} (0x{r.status:04X}: {r.error or 'failed'})" for r in failed[:5]
             )
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            what = "not stored"
+            if self.in_doubt:
+                what = (
+                    f"not confirmed as stored ({len(self.in_doubt)} in doubt: sent, no "
+                    f"response - the peer may have stored them)"
+                )
             exc = StoreFailedError(
-                f"{len(failed)} of {len(self.results)} instance(s) were not stored by "
+                f"{len(failed)} of {len(self.results)} instance(s) were {what} by "
                 f"{self.peer}: {lines}{more}"
             )
             exc.report = self  # type: ignore[attr-defined]
@@ -261,8 +318,9 @@ class SendReport:
             return f"nothing to send to {self.peer} ({len(self.skipped)} skipped)"
         return (
             f"{len(self.results)} instance(s) to {self.peer}: {len(self.succeeded)} stored "
-            f"({len(self.warnings)} with warnings), {len(self.failed)} failed, "
-            f"{len(self.skipped)} skipped in {self.timings.total_s:.3f} s "
+            f"({len(self.warnings)} with warnings), {len(self.refused)} refused, "
+            f"{len(self.in_doubt)} in doubt (sent, no response), {len(self.not_sent)} not "
+            f"sent, {len(self.skipped)} skipped in {self.timings.total_s:.3f} s "
             f"({self.associations} association(s), {self.retries} retr"
             f"{'y' if self.retries == 1 else 'ies'})"
         )
@@ -293,12 +351,22 @@ class EchoResult:
         return STATUS_SOP_CLASS_NOT_SUPPORTED if self.status is None else self.status
 
 
+@dataclass
+class _Unanswered:
+    """An instance whose C-STORE went out in full without a response (so far)."""
+
+    times: int
+    reason: str
+    route: Route
+
+
 class _Run:
     """Bookkeeping of one send, shared by the worker threads."""
 
     def __init__(self, peer: str, n: int, parallel: int) -> None:
         self.lock = threading.Lock()
         self.results: dict[int, InstanceResult] = {}
+        self.unanswered: dict[int, _Unanswered] = {}  # by instance index
         self.report = SendReport(peer=peer, parallel=parallel)
         self.n = n
 
@@ -315,10 +383,13 @@ class _Run:
             logger.debug(
                 "stored %s (%s) status 0x%04X", inst.source, inst.sop_instance_uid, result.status
             )
+        elif result.outcome is Outcome.IN_DOUBT:
+            logger.warning("%s %s", inst.source, result.error)
         else:
             logger.warning("%s not stored: %s", inst.source, result.error)
 
     def record_local(self, inst: Instance, status: int, reason: str) -> None:
+        """Record ``inst`` as not sent, for a local reason (``status`` a local code)."""
         self.record(
             inst,
             InstanceResult(
@@ -327,10 +398,69 @@ class _Run:
                 sop_class_uid=inst.sop_class_uid,
                 status=status,
                 category=StatusCategory.FAILURE,
+                outcome=Outcome.NOT_SENT,
                 error=reason,
                 sent=False,
                 attempts=inst.attempts,
                 status_dataset=status_dataset(status, error_comment=reason),
+            ),
+        )
+
+    def note_unanswered(self, inst: Instance, route: Route, exc: BaseException) -> None:
+        """Note that a C-STORE of ``inst`` went out in full and got no response."""
+        with self.lock:
+            before = self.unanswered.get(inst.index)
+            times = 1 + (before.times if before else 0)
+            self.unanswered[inst.index] = _Unanswered(times, str(exc), route)
+        logger.warning(
+            "%s (%s): C-STORE sent, no response (%s) - the peer may have stored it",
+            inst.source,
+            inst.sop_instance_uid,
+            exc,
+        )
+
+    def settle_in_doubt(self, inst: Instance, resends: int) -> bool:
+        """After a failed C-STORE of ``inst``: when it went out unanswered more than
+        ``resends`` times, record it in doubt and return True; else False (it is to be
+        sent again)."""
+        with self.lock:
+            doubt = self.unanswered.get(inst.index)
+        if doubt is None or doubt.times <= resends:
+            return False
+        self._record_in_doubt(inst, doubt)
+        return True
+
+    def record_unfinished(self, inst: Instance, reason: str) -> None:
+        """Record an instance the send gave up on: in doubt when one of its C-STOREs
+        went out unanswered, else not sent (``reason`` says why the send stopped)."""
+        with self.lock:
+            doubt = self.unanswered.get(inst.index)
+        if doubt is None:
+            self.record_local(inst, STATUS_NOT_SENT, f"not sent: {reason}")
+        else:
+            self._record_in_doubt(inst, doubt)
+
+    def _record_in_doubt(self, inst: Instance, doubt: _Unanswered) -> None:
+        comment = "in doubt: sent, no response - the peer may have stored it"
+        self.record(
+            inst,
+            InstanceResult(
+                source=inst.source,
+                sop_instance_uid=inst.sop_instance_uid,
+                sop_class_uid=inst.sop_class_uid,
+                status=STATUS_IN_DOUBT,
+                category=StatusCategory.FAILURE,
+                outcome=Outcome.IN_DOUBT,
+                error=(
+                    f"in doubt: sent, no response ({doubt.reason}) - the peer may have "
+                    f"stored it; C-STORE sent {inst.attempts} time(s), "
+                    f"{doubt.times} without a response"
+                ),
+                sent=True,
+                transfer_syntax=doubt.route.transfer_syntax,
+                conversion=doubt.route.conversion,
+                attempts=inst.attempts,
+                status_dataset=status_dataset(STATUS_IN_DOUBT, error_comment=comment),
             ),
         )
 
@@ -352,9 +482,12 @@ class DicomSender:
 
     Keyword-only tuning: ``max_retries``/``backoff``/``backoff_max`` (transient failures
     are retried ``max_retries`` times in a row, waiting ``backoff * 2**n`` seconds,
-    at most ``backoff_max``), ``parallel`` (associations used at once), the timeouts,
-    ``max_pdu`` (the largest PDU we accept, 0 = unlimited), and ``tcp_nodelay`` /
-    ``tcp_quickack`` (on by default; off only to measure their effect).
+    at most ``backoff_max``), ``in_doubt_resends`` (how many times an instance whose
+    C-STORE went out without a response is sent again; 0 = never, it is reported in
+    doubt at once), ``parallel`` (associations used at once), the timeouts (each a
+    deadline for a whole step: see :class:`~._net_ul.Timeouts`), ``max_pdu`` (the
+    largest PDU we accept, 0 = unlimited), and ``tcp_nodelay`` / ``tcp_quickack`` (on
+    by default; off only to measure their effect).
     """
 
     def __init__(
@@ -375,6 +508,7 @@ class DicomSender:
         max_retries: int = 3,
         backoff: float = 0.5,
         backoff_max: float = 10.0,
+        in_doubt_resends: int = 1,
         parallel: int = 1,
         connect_timeout: float | None = 10.0,
         acse_timeout: float | None = 30.0,
@@ -395,6 +529,7 @@ class DicomSender:
         self.max_retries = _non_negative_int(max_retries, "max_retries")
         self.backoff = _non_negative_float(backoff, "backoff")
         self.backoff_max = _non_negative_float(backoff_max, "backoff_max")
+        self.in_doubt_resends = _non_negative_int(in_doubt_resends, "in_doubt_resends")
         self.parallel = _positive_int(parallel, "parallel")
         if (
             not isinstance(max_pdu, int)
@@ -671,7 +806,7 @@ class DicomSender:
             if fatal is not None:
                 for inst in items:
                     if inst.index not in run.results:
-                        run.record_local(inst, STATUS_NOT_SENT, f"not sent: {fatal}")
+                        run.record_unfinished(inst, str(fatal))
         return fatal
 
     def _open(self, contexts: Sequence[ProposedContext]) -> Association:
@@ -745,11 +880,17 @@ class DicomSender:
                         try:
                             self._store_one(run, assoc, inst)
                         except BaseException:
-                            with run.lock:
-                                queue.appendleft(inst)  # not confirmed: resend later
+                            if not run.settle_in_doubt(inst, self.in_doubt_resends):
+                                with run.lock:
+                                    queue.appendleft(inst)  # not confirmed: resend later
                             raise
                         failures = 0
                 except NetworkError as exc:
+                    with run.lock:
+                        finished = not queue
+                    if finished:  # the failure is in the results already: nothing to retry
+                        logger.debug("association with %s ended: %s", self.peer_label, exc)
+                        return
                     if backoff_or_give_up(exc, failures):
                         failures += 1
                         continue
@@ -836,6 +977,10 @@ class DicomSender:
         except PayloadError as exc:
             run.record_local(inst, STATUS_CANNOT_CONVERT, f"not sent: {exc}")
             return
+        except NetworkError as exc:
+            if is_in_doubt(exc):
+                run.note_unanswered(inst, route, exc)
+            raise
         elapsed = time.perf_counter() - t
         run.add_time("store_s", elapsed)
         status = int(rsp.Status)
@@ -846,6 +991,8 @@ class DicomSender:
             error = f"peer answered status 0x{status:04X} ({category.value})" + (
                 f": {comment}" if comment else ""
             )
+            if inst.index in run.unanswered:
+                error += "; an earlier C-STORE of it got no response"
         run.record(
             inst,
             InstanceResult(
@@ -854,6 +1001,7 @@ class DicomSender:
                 sop_class_uid=inst.sop_class_uid,
                 status=status,
                 category=category,
+                outcome=(Outcome.REFUSED if category is StatusCategory.FAILURE else Outcome.STORED),
                 error=error,
                 sent=True,
                 transfer_syntax=route.transfer_syntax,
