@@ -39,7 +39,7 @@ from support.peers import (
     run_orthanc,
     run_storescp,
 )
-from support.ul_peers import RawConnection, RawPeer, response_to
+from support.ul_peers import RawConnection, RawPeer, response_to, timed
 
 pytestmark = pytest.mark.network
 
@@ -266,13 +266,11 @@ def test_a_trickled_response_over_tls_is_bounded_by_the_dimse_timeout(
         ctx, command, _ = conn.read_message()
         conn.trickle(response_to(ctx, command), 0.1)
 
-    with RawPeer(script, ssl_context=_tls_server_context(pki.files)) as peer:
+    with RawPeer(script, ssl_context=_tls_server_context(pki.files)) as peer, timed() as elapsed:
         sender = _sender(peer.port, pki.files, aet="RAW", dimse_timeout=1.0)
-        started = time.monotonic()
         with pytest.raises(AssociationAbortedError, match="within 1.0 s") as info:
             sender.send(ct_file)
-        elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 2.0
+    assert 1.0 <= elapsed[0] < 2.5
     result = info.value.report.results[0]  # type: ignore[attr-defined]
     assert (result.outcome, result.attempts) == (Outcome.IN_DOUBT, 1)
 
@@ -290,12 +288,10 @@ def test_a_slow_reader_over_tls_is_bounded_by_the_network_timeout(pki: PKI) -> N
 
     ds = make_text_sr()
     ds.EncapsulatedDocument = bytes(32 * 1024 * 1024)  # 32 MiB of payload
-    with RawPeer(script, ssl_context=_tls_server_context(pki.files)) as peer:
+    with RawPeer(script, ssl_context=_tls_server_context(pki.files)) as peer, timed() as elapsed:
         sender = _sender(peer.port, pki.files, aet="RAW", network_timeout=1.0)
-        started = time.monotonic()
         with pytest.raises(AssociationAbortedError, match="did not take the data") as info:
             sender.send(ds)
-        elapsed = time.monotonic() - started
-    assert elapsed < 3.0
+    assert elapsed[0] < 4.0
     result = info.value.report.results[0]  # type: ignore[attr-defined]
     assert (result.outcome, result.sent) == (Outcome.NOT_SENT, False)

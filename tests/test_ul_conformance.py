@@ -288,7 +288,7 @@ def test_release_collision_without_the_peers_answer_ends_at_the_acse_timeout() -
             released = assoc.release()
     assert released is False and assoc.state is State.IDLE
     assert pdu_types(peer.connections[0].received)[-1] == "A-ABORT"
-    assert 1.0 <= elapsed[0] < 2.0
+    assert 1.0 <= elapsed[0] < 2.5
 
 
 def test_late_p_data_during_release_is_ignored(tmp_path: Path) -> None:
@@ -318,7 +318,7 @@ def test_dimse_timeout_aborts_and_leaves_the_store_in_doubt(tmp_path: Path) -> N
         received = [name for name, _ in scp.pdus_received]
     assert str(info.value) == f"no response from {assoc.label} within 1.0 s (association aborted)"
     assert is_in_doubt(info.value) and is_transient(info.value)
-    assert 1.0 <= elapsed[0] < 1.8
+    assert 1.0 <= elapsed[0] < 2.5
     assert not assoc.is_open
     assert stored == [ds.SOPInstanceUID]  # the peer has it although it never said so
     assert received[-1] == "A_ABORT_RQ"
@@ -329,7 +329,7 @@ def test_dimse_timeout_on_c_echo(tmp_path: Path) -> None:
         assoc = _open(scp.port, dimse=0.5)
         with timed() as elapsed, pytest.raises(AssociationAbortedError, match="within 0.5 s"):
             assoc.c_echo()
-    assert 0.5 <= elapsed[0] < 1.3
+    assert 0.5 <= elapsed[0] < 2.0
 
 
 # -- association rejection --------------------------------------------------------------------
@@ -457,7 +457,7 @@ def test_a_peer_that_never_answers_the_association_request() -> None:
         pytest.raises(PeerUnreachableError, match=never),
     ):
         _open(peer.port, acse=1.0)
-    assert 1.0 <= elapsed[0] < 1.6
+    assert 1.0 <= elapsed[0] < 2.5
 
 
 def test_a_trickled_associate_ac_is_bounded_by_the_acse_timeout() -> None:
@@ -474,7 +474,7 @@ def test_a_trickled_associate_ac_is_bounded_by_the_acse_timeout() -> None:
     assert str(info.value) == (
         f"DICOM peer PEER@127.0.0.1:{peer.port} did not answer the association request within 1.0 s"
     )
-    assert 1.0 <= elapsed[0] < 1.6
+    assert 1.0 <= elapsed[0] < 2.5
 
 
 def test_a_trickled_response_is_bounded_by_the_dimse_timeout() -> None:
@@ -492,7 +492,7 @@ def test_a_trickled_response_is_bounded_by_the_dimse_timeout() -> None:
             assoc.c_store(3, CT, ds.SOPInstanceUID, _encoded(ds))
     assert "no response from" in str(info.value) and "within 1.0 s" in str(info.value)
     assert is_in_doubt(info.value)
-    assert 1.0 <= elapsed[0] < 1.6
+    assert 1.0 <= elapsed[0] < 2.5
 
 
 def test_a_trickled_release_answer_is_bounded_by_the_acse_timeout() -> None:
@@ -508,7 +508,7 @@ def test_a_trickled_release_answer_is_bounded_by_the_acse_timeout() -> None:
         with timed() as elapsed:
             released = assoc.release()
     assert released is False and not assoc.is_open
-    assert 1.0 <= elapsed[0] < 1.6
+    assert 1.0 <= elapsed[0] < 2.5
 
 
 def test_a_peer_reading_slowly_is_bounded_by_the_network_timeout() -> None:
@@ -532,7 +532,7 @@ def test_a_peer_reading_slowly_is_bounded_by_the_network_timeout() -> None:
         assoc = _open(peer.port, network=1.0, dimse=1.0)
         with timed() as elapsed, pytest.raises(AssociationAbortedError) as info:
             assoc.c_store(3, CT, ds.SOPInstanceUID, _encoded(ds))
-    assert elapsed[0] < 3.0
+    assert elapsed[0] < 4.0
     assert str(info.value) == (
         f"{assoc.label} did not take the data we sent within 1.0 s (association aborted)"
     )

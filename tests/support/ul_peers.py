@@ -358,47 +358,34 @@ def response_to(context_id: int, command: Dataset, status: int = 0x0000) -> byte
     return out
 
 
-class RawPeer:
-    """A raw-socket DICOM UL peer: ``script(connection)`` runs on its own thread for
-    every accepted connection (optionally inside TLS with ``ssl_context``). Errors of a
-    script other than connection errors are raised when the ``with`` block ends."""
+class _LoopbackServer:
+    """Accepts connections on an ephemeral 127.0.0.1 port on a thread and hands each to
+    :meth:`_handle`; ``stop`` is set and every thread joined when the ``with`` block
+    ends."""
 
-    def __init__(
-        self,
-        script: Callable[[RawConnection], None],
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.script = script
-        self.ssl_context = ssl_context
-        self.connections: list[RawConnection] = []
-        self.errors: list[BaseException] = []
+    def __init__(self) -> None:
+        self.port = 0
         self.stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._threads: list[threading.Thread] = []
-        self.port = 0
 
-    def __enter__(self) -> RawPeer:
+    def _start(self) -> None:
         self._listener.bind((LOOPBACK, 0))
         self._listener.listen(8)
         self._listener.settimeout(0.1)
         self.port = int(self._listener.getsockname()[1])
-        accept = threading.Thread(target=self._accept_loop, name="raw-peer", daemon=True)
-        accept.start()
-        self._threads.append(accept)
-        return self
+        self._spawn(self._accept_loop)
 
-    def __exit__(self, *exc: object) -> None:
+    def _stop(self, join_timeout: float) -> None:
         self.stop.set()
         for thread in list(self._threads):
-            thread.join(15)
+            thread.join(join_timeout)
         self._listener.close()
-        for conn in self.connections:
-            with contextlib.suppress(OSError):
-                conn.sock.close()
-        unexpected = [e for e in self.errors if not isinstance(e, OSError)]
-        if unexpected and exc[0] is None:
-            raise unexpected[0]
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _accept_loop(self) -> None:
         while not self.stop.is_set():
@@ -409,9 +396,44 @@ class RawPeer:
             except OSError:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn_thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._threads.append(conn_thread)
-            conn_thread.start()
+            self._handle(sock)
+
+    def _handle(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class RawPeer(_LoopbackServer):
+    """A raw-socket DICOM UL peer: ``script(connection)`` runs on its own thread for
+    every accepted connection (optionally inside TLS with ``ssl_context``). Errors of a
+    script other than connection errors are raised when the ``with`` block ends."""
+
+    def __init__(
+        self,
+        script: Callable[[RawConnection], None],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__()
+        self.script = script
+        self.ssl_context = ssl_context
+        self.connections: list[RawConnection] = []
+        self.errors: list[BaseException] = []
+
+    def __enter__(self) -> RawPeer:
+        self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop(15)
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.sock.close()
+        unexpected = [e for e in self.errors if not isinstance(e, OSError)]
+        if unexpected and exc[0] is None:
+            raise unexpected[0]
+
+    def _handle(self, sock: socket.socket) -> None:
+        self._spawn(self._serve, sock)
 
     def _serve(self, sock: socket.socket) -> None:
         try:
@@ -429,60 +451,38 @@ class RawPeer:
 
 
 # -- TCP proxy -------------------------------------------------------------------------------
-class ChoppingProxy:
+class ChoppingProxy(_LoopbackServer):
     """Relays connections to ``127.0.0.1:upstream_port``; what the upstream sends is
     written to the client ``chunk`` bytes per ``send`` with ``TCP_NODELAY`` (so every
     PDU arrives in many TCP segments). ``writes`` counts those sends."""
 
     def __init__(self, upstream_port: int, chunk: int = 3) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.chunk = chunk
         self.writes = 0
-        self.port = 0
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._threads: list[threading.Thread] = []
         self._sockets: list[socket.socket] = []
 
     def __enter__(self) -> ChoppingProxy:
-        self._listener.bind((LOOPBACK, 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.1)
-        self.port = int(self._listener.getsockname()[1])
-        self._spawn(self._accept_loop)
+        self._start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
         for s in self._sockets:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-        for thread in list(self._threads):
-            thread.join(10)
-        self._listener.close()
+        self._stop(10)
         for s in self._sockets:
             s.close()
 
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=10)
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                s.settimeout(None)
-                self._sockets.append(s)
-            self._spawn(self._pump, client, upstream, 0)
-            self._spawn(self._pump, upstream, client, self.chunk)
+    def _handle(self, client: socket.socket) -> None:
+        upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=10)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for s in (client, upstream):
+            s.settimeout(None)
+            self._sockets.append(s)
+        self._spawn(self._pump, client, upstream, 0)
+        self._spawn(self._pump, upstream, client, self.chunk)
 
     def _pump(self, src: socket.socket, dst: socket.socket, chunk: int) -> None:
         with contextlib.suppress(OSError):

@@ -390,21 +390,7 @@ class _Run:
 
     def record_local(self, inst: Instance, status: int, reason: str) -> None:
         """Record ``inst`` as not sent, for a local reason (``status`` a local code)."""
-        self.record(
-            inst,
-            InstanceResult(
-                source=inst.source,
-                sop_instance_uid=inst.sop_instance_uid,
-                sop_class_uid=inst.sop_class_uid,
-                status=status,
-                category=StatusCategory.FAILURE,
-                outcome=Outcome.NOT_SENT,
-                error=reason,
-                sent=False,
-                attempts=inst.attempts,
-                status_dataset=status_dataset(status, error_comment=reason),
-            ),
-        )
+        self.record(inst, _local_result(inst, status, Outcome.NOT_SENT, reason, reason))
 
     def note_unanswered(self, inst: Instance, route: Route, exc: BaseException) -> None:
         """Note that a C-STORE of ``inst`` went out in full and got no response."""
@@ -441,28 +427,42 @@ class _Run:
             self._record_in_doubt(inst, doubt)
 
     def _record_in_doubt(self, inst: Instance, doubt: _Unanswered) -> None:
-        comment = "in doubt: sent, no response - the peer may have stored it"
-        self.record(
-            inst,
-            InstanceResult(
-                source=inst.source,
-                sop_instance_uid=inst.sop_instance_uid,
-                sop_class_uid=inst.sop_class_uid,
-                status=STATUS_IN_DOUBT,
-                category=StatusCategory.FAILURE,
-                outcome=Outcome.IN_DOUBT,
-                error=(
-                    f"in doubt: sent, no response ({doubt.reason}) - the peer may have "
-                    f"stored it; C-STORE sent {inst.attempts} time(s), "
-                    f"{doubt.times} without a response"
-                ),
-                sent=True,
-                transfer_syntax=doubt.route.transfer_syntax,
-                conversion=doubt.route.conversion,
-                attempts=inst.attempts,
-                status_dataset=status_dataset(STATUS_IN_DOUBT, error_comment=comment),
-            ),
+        error = (
+            f"in doubt: sent, no response ({doubt.reason}) - the peer may have stored it; "
+            f"C-STORE sent {inst.attempts} time(s), {doubt.times} without a response"
         )
+        comment = "in doubt: sent, no response - the peer may have stored it"
+        result = _local_result(
+            inst, STATUS_IN_DOUBT, Outcome.IN_DOUBT, error, comment, route=doubt.route
+        )
+        self.record(inst, result)
+
+
+def _local_result(
+    inst: Instance,
+    status: int,
+    outcome: Outcome,
+    error: str,
+    comment: str,
+    *,
+    route: Route | None = None,
+) -> InstanceResult:
+    """The result of an instance the peer gave no status for (not sent, or in doubt
+    when it went out on ``route``): ``status`` is a local code."""
+    return InstanceResult(
+        source=inst.source,
+        sop_instance_uid=inst.sop_instance_uid,
+        sop_class_uid=inst.sop_class_uid,
+        status=status,
+        category=StatusCategory.FAILURE,
+        outcome=outcome,
+        error=error,
+        sent=route is not None,
+        transfer_syntax=route.transfer_syntax if route else None,
+        conversion=route.conversion if route else None,
+        attempts=inst.attempts,
+        status_dataset=status_dataset(status, error_comment=comment),
+    )
 
 
 class DicomSender:
