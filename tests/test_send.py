@@ -663,8 +663,10 @@ def test_quickack_avoids_the_delayed_ack_wait_on_orthanc(
     assert slow.ok and fast.ok
     # Orthanc leaves Nagle on: each response waits for our delayed ACK (~40 ms) unless
     # we ACK at once.
+    # (A difference, not a ratio: on a loaded machine Orthanc's own storage time
+    # inflates both sends alike.)
     assert slow.timings.store_s > 8 * 0.02
-    assert fast.timings.store_s < slow.timings.store_s / 3
+    assert slow.timings.store_s - fast.timings.store_s > 8 * 0.02
 
 
 # -- construction ------------------------------------------------------------------------------
