@@ -88,7 +88,6 @@ class StoredFile:
 
     sop_instance_uid: str
     path: Path
-    association: int  # 1-based count of the association it arrived on
 
 
 @dataclass
@@ -97,9 +96,9 @@ class ScriptedSCP:
 
     ``hang_stores``: the first N C-STOREs (``-1``: all) are written to disk and then
     never answered (the handler blocks until the SCP stops). ``hang_echo``: never
-    answer C-ECHO. ``max_pdu``: the maximum PDU
-    length the SCP announces. ``require_called_aet``: reject other called AE titles.
-    ``max_associations``: reject associations beyond that many at once.
+    answer C-ECHO. ``store_status``: the status of answered C-STOREs. ``max_pdu``: the
+    maximum PDU length the SCP announces. ``require_called_aet``: reject other called
+    AE titles. ``max_associations``: reject associations beyond that many at once.
     """
 
     out_dir: Path
@@ -115,7 +114,6 @@ class ScriptedSCP:
     stored: list[StoredFile] = field(default_factory=list)
     pdus_received: list[tuple[str, int]] = field(default_factory=list)  # (class, length)
     pdus_sent: list[tuple[str, int]] = field(default_factory=list)  # (class, length)
-    associations: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _unblock: threading.Event = field(default_factory=threading.Event)
     _server: Any = None
@@ -147,28 +145,17 @@ class ScriptedSCP:
         self._server.shutdown()
 
     # handlers (pynetdicom's threads) --------------------------------------------------------
-    def _assoc_number(self, event: Any) -> int:
-        number = getattr(event.assoc, "_scripted_number", None)
-        if number is None:
-            with self._lock:
-                self.associations += 1
-                number = self.associations
-            event.assoc._scripted_number = number
-        return int(number)
-
     def _on_open(self, event: Any) -> None:
         # pynetdicom leaves Nagle on: every response would wait ~40 ms for an ACK
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._assoc_number(event)
 
     def _on_store(self, event: Any) -> int:
-        number = self._assoc_number(event)
         uid = str(event.request.AffectedSOPInstanceUID)
         with self._lock:
             index = len(self.stored)
             path = self.out_dir / f"{index:04d}_{uid}.dcm"
             path.write_bytes(event.encoded_dataset(include_meta=True))
-            self.stored.append(StoredFile(uid, path, number))
+            self.stored.append(StoredFile(uid, path))
         if self.hang_stores < 0 or index < self.hang_stores:
             self._unblock.wait(60)  # never answer (until the SCP stops)
         return self.store_status
