@@ -259,13 +259,11 @@ def test_instance_moved_to_another_series_leaves_no_empty_records(store: Store) 
         instance_input("6.1", series="6.6.1", study="6.6", patient="P6"), io.BytesIO(b"a")
     )
     store.put_instance(
-        instance_input("6.1", series="7.7.1", study="7.7", patient="P7"), io.BytesIO(b"b")
+        instance_input("6.1", series="7.7.1", study="7.7", patient="P6"), io.BytesIO(b"b")
     )
-    for getter, key in (
-        (store.get_series, "6.6.1"),
-        (store.get_study, "6.6"),
-        (store.get_patient, "P6"),
-    ):
+    for getter, key in ((store.get_series, "6.6.1"), (store.get_study, "6.6")):
         with pytest.raises(NotFoundError):
             getter(key)
     assert [i["SOPInstanceUID"] for i in store.list_instances("7.7.1")] == ["6.1"]
+    # (moving it to another patient is refused: see test_patient_conflicts.py)
+    assert store.get_patient("P6")["Studies"] == [store.get_study("7.7")["_id"]]

@@ -17,6 +17,8 @@ with ``raise Mapped(message) from exc``, so the original stays in ``__cause__``.
     │   ├── StoreUnavailableError    cannot open / connect to the store
     │   ├── NotFoundError            a record or file that must exist does not (also KeyError)
     │   ├── ConflictError            a concurrent change or a duplicate that cannot be merged
+    │   │   └── PatientConflictError an instance's series, study or SOP instance is already
+    │   │                            filed under another patient (refused, never merged)
     │   └── IntegrityError           stored bytes do not match their recorded checksum/size
     ├── DicomError                   DICOM content problems
     │   ├── DicomInputError          non-DICOM, truncated, or missing required tags
@@ -31,6 +33,8 @@ with ``raise Mapped(message) from exc``, so the original stays in ``__cause__``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "AssociationAbortedError",
@@ -47,6 +51,7 @@ __all__ = [
     "MissingDependencyError",
     "NetworkError",
     "NotFoundError",
+    "PatientConflictError",
     "PeerUnreachableError",
     "ServiceError",
     "StorageError",
@@ -110,6 +115,34 @@ class NotFoundError(StorageError, KeyError):
 
 class ConflictError(StorageError):
     """A write conflicts with the stored state."""
+
+
+class PatientConflictError(ConflictError):
+    """An instance would join a series, a study or a SOP instance record that is already
+    filed under another patient; the store refuses it and keeps what it holds.
+
+    A PACS administrator's rule: two patients' images are never merged into one series
+    (a job would receive another patient's images), and a stored instance is never moved
+    to another patient by a re-ingest. ``level`` is ``"instance"``, ``"series"`` or
+    ``"study"``; ``uid`` the shared UID; ``stored_patient`` and ``new_patient`` the two
+    patient keys (``PatientUID``).
+    """
+
+    def __init__(self, level: str, uid: str, stored_patient: str, new_patient: str) -> None:
+        self.level = level
+        self.uid = uid
+        self.stored_patient = stored_patient
+        self.new_patient = new_patient
+        what = "SOPInstanceUID" if level == "instance" else level
+        super().__init__(
+            f"patient conflict: {what} {uid} is already filed under patient "
+            f"{stored_patient!r}, this instance belongs to patient {new_patient!r} - refused "
+            "(two patients are never merged); correct the patient tags or the UIDs of the "
+            "file and ingest it again"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
+        return (type(self), (self.level, self.uid, self.stored_patient, self.new_patient))
 
 
 class IntegrityError(StorageError):

@@ -481,6 +481,8 @@ def _summary(report: Any) -> str:
         lines.append(f"not scheduled: {item['job_name']} for {item['object']} - {item['reason']}")
     if len(notable) > _NOT_SCHEDULED_SHOWN:
         lines.append(f"... and {len(notable) - _NOT_SCHEDULED_SHOWN} more (--json lists all)")
+    for path, reason in report.patient_conflicts:
+        lines.append(f"REFUSED {path}: {reason}")
     for session in report.sessions:
         if session.exported_to:
             n = sum(
@@ -1035,6 +1037,7 @@ def ingest(
                 "stored": report.n_stored,
                 "series_ids": report.series_ids,
                 "failed": [{"path": p, "reason": r} for p, r in report.failed],
+                "conflicts": [{"path": p, "reason": r} for p, r in report.conflicts],
                 "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
             }
         )

@@ -27,6 +27,13 @@ What gets stored, per instance:
 Re-ingesting the same SOPInstanceUID replaces the stored instance (never duplicates), so
 re-running an interrupted ingest is safe.
 
+Two patients are never merged: an instance whose series or study is already filed under
+another patient (by :func:`patient_key`), or a re-ingest that would move a stored
+SOPInstanceUID to another patient, is refused with a per-file
+:class:`IngestConflict` naming both patients and the UID (:attr:`IngestReport.conflicts`);
+what is stored stays untouched. The store checks this in the filing transaction, so it
+holds for concurrent ingests too.
+
 Bad input never stops an ingest half-way: non-DICOM, truncated or unreadable files,
 files missing a required UID, FIFOs and broken links each become one
 ``(path, reason)`` entry of :attr:`IngestReport.failed` while every good file is stored.
@@ -82,7 +89,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import PersonName
 
-from .._errors import DicomInputError, InvalidInputError
+from .._errors import DicomInputError, InvalidInputError, PatientConflictError
 from .._runtime import store_for
 from ..store.base import Store
 from ..store.record_values import patient_uid
@@ -94,6 +101,7 @@ __all__ = [
     "PATIENT_KEYWORDS",
     "SERIES_KEYWORDS",
     "STUDY_KEYWORDS",
+    "IngestConflict",
     "IngestFailure",
     "IngestOutcome",
     "IngestReport",
@@ -280,6 +288,14 @@ class IngestFailure(NamedTuple):
     reason: str
 
 
+class IngestConflict(IngestFailure):
+    """A file refused because its series, study or SOP instance is already filed under
+    another patient (see :class:`~dcm_processor_service.PatientConflictError`): unpacks
+    as ``(path, reason)``, the reason naming both patients and the UID."""
+
+    __slots__ = ()
+
+
 class IngestSkip(NamedTuple):
     """An entry deliberately not ingested (DICOMDIR, hidden file): ``(path, reason)``."""
 
@@ -318,6 +334,11 @@ class IngestReport:
         return not self.failed
 
     @property
+    def conflicts(self) -> list[IngestConflict]:
+        """The failures that are patient conflicts (also in :attr:`failed`)."""
+        return [f for f in self.failed if isinstance(f, IngestConflict)]
+
+    @property
     def n_stored(self) -> int:
         """Number of instances stored."""
         return len(self.stored)
@@ -350,6 +371,8 @@ class IngestReport:
         text = f"stored {self.n_stored} instance(s) in {len(self.series_ids)} series"
         if self.failed:
             text += f"; {self.n_failed} failed"
+            if self.conflicts:
+                text += f" ({len(self.conflicts)} patient conflict(s))"
         if self.skipped:
             text += f"; {self.n_skipped} skipped"
         return text
@@ -1004,7 +1027,11 @@ class _Ingestor:
             return IngestFailure(label, f"cannot encode the dataset ({type(exc).__name__}: {exc})")
         if ts != inp.transfer_syntax_uid:
             inp = _replace_ts(inp, ts)
-        return self._stored(label, self.store.put_instance(inp, cast(BinaryIO, buffer)))
+        try:
+            record = self.store.put_instance(inp, cast(BinaryIO, buffer))
+        except PatientConflictError as exc:
+            return IngestConflict(label, str(exc))
+        return self._stored(label, record)
 
     def file(self, item: _FileItem) -> Iterator[IngestOutcome]:
         real = os.path.realpath(item.path)
@@ -1071,6 +1098,8 @@ class _Ingestor:
             record = self.store.put_instance(inp, cast(BinaryIO, source))
         except _SourceReadError as exc:
             return IngestFailure(path, f"read error: {exc}")
+        except PatientConflictError as exc:
+            return IngestConflict(path, str(exc))
         if part10 and int(record["Size"]) != st.st_size:
             logger.warning(
                 "%s changed while it was ingested (%d -> %d bytes)",

@@ -228,6 +228,8 @@ class RunReport:
     input_files: int = 0
     stored: int = 0
     ingest_failed: list[tuple[str, str]] = field(default_factory=list)
+    #: files refused because their series/study is another patient's (also in ingest_failed)
+    patient_conflicts: list[tuple[str, str]] = field(default_factory=list)
     sessions: list[SessionRun] = field(default_factory=list)
     output_dir: str | None = None
     duration: float = 0.0
@@ -239,8 +241,9 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        """No job failed or timed out, and no export failed."""
-        return all(s.ok for s in self.sessions)
+        """No job failed or timed out, no export failed, and no input file was refused
+        as a patient conflict."""
+        return not self.patient_conflicts and all(s.ok for s in self.sessions)
 
     @property
     def callback_errors(self) -> list[dict[str, str]]:
@@ -249,7 +252,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when everything succeeded, 1 when a job or an export failed."""
+        """0 when everything succeeded, 1 when a job or an export failed or a patient
+        conflict was found."""
         return 0 if self.ok else 1
 
     def counts(self) -> dict[str, int]:
@@ -269,6 +273,7 @@ class RunReport:
             "input_files": self.input_files,
             "stored": self.stored,
             "ingest_failed": [{"path": p, "reason": r} for p, r in self.ingest_failed],
+            "patient_conflicts": [{"path": p, "reason": r} for p, r in self.patient_conflicts],
             "sessions": [s.to_dict() for s in self.sessions],
             "output_dir": self.output_dir,
             "duration": round(self.duration, 3),
@@ -546,7 +551,7 @@ class Runner:
     def _ingest(
         self, store: Store, scan: InputScan, peer: Peer | None, report: RunReport
     ) -> list[tuple[PatientGroup, SessionRun]]:
-        from ..dicom.index import IngestFailure, StoredInstance, iter_ingest
+        from ..dicom.index import IngestConflict, IngestFailure, StoredInstance, iter_ingest
 
         report.ingest_failed.extend(scan.not_dicom)
         total = scan.dicom_files
@@ -575,6 +580,8 @@ class Runner:
                     report.stored += 1
                 elif isinstance(outcome, IngestFailure):
                     report.ingest_failed.append((outcome.path, outcome.reason))
+                    if isinstance(outcome, IngestConflict):
+                        report.patient_conflicts.append((outcome.path, outcome.reason))
                 done += 1
                 self.observer.ingest_advanced(min(done, total), total)
             out.append((group, session))

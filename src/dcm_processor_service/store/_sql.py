@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
 
-from .._errors import NotFoundError, StorageError
+from .._errors import NotFoundError, PatientConflictError, StorageError
 from .base import JobRef, Store
 from .blobs import BlobInfo, BlobStore
 from .record_values import patient_uid, platform_metadata
@@ -739,6 +739,7 @@ class SQLStore(Store):
             return str(row["id"])  # type: ignore[index]
 
         def work(tx: Tx) -> tuple[dict[str, Any], str | None]:
+            self._refuse_other_patient(tx, inp)
             patient_id = upsert(
                 tx,
                 "patients",
@@ -801,6 +802,35 @@ class SQLStore(Store):
         if old_key and old_key != blob.key:
             self.blobs.delete(old_key)
         return record
+
+    @staticmethod
+    def _refuse_other_patient(tx: Tx, inp: InstanceInput) -> None:
+        """Raise :class:`PatientConflictError` when the instance's SOPInstanceUID, series
+        or study is already filed under another patient.
+
+        Race-free in the transaction of the filing: SQLite writers hold the database
+        lock (``BEGIN IMMEDIATE``); on PostgreSQL (``REPEATABLE READ``) a concurrent
+        writer that filed the same series or study first makes this transaction's
+        ``INSERT ... ON CONFLICT`` fail with a serialization error, and the retry sees
+        the winner here."""
+        rows = tx.query(
+            "SELECT 1 AS rank, p.patient_uid FROM instances i JOIN series s ON s.id = i.series_id"
+            " JOIN patients p ON p.id = s.patient_id WHERE i.sop_uid = ?"
+            " UNION ALL SELECT 2 AS rank, p.patient_uid FROM series s"
+            " JOIN patients p ON p.id = s.patient_id WHERE s.series_uid = ?"
+            " UNION ALL SELECT 3 AS rank, p.patient_uid FROM studies st"
+            " JOIN patients p ON p.id = st.patient_id WHERE st.study_uid = ?",
+            (inp.sop_instance_uid, inp.series_instance_uid, inp.study_instance_uid),
+        )
+        levels = {
+            1: ("instance", inp.sop_instance_uid),
+            2: ("series", inp.series_instance_uid),
+            3: ("study", inp.study_instance_uid),
+        }
+        for row in sorted(rows, key=lambda r: int(r["rank"])):
+            if row["patient_uid"] != inp.patient_uid:
+                level, uid = levels[int(row["rank"])]
+                raise PatientConflictError(level, uid, row["patient_uid"], inp.patient_uid)
 
     @staticmethod
     def _instance(row: dict[str, Any], series_uid: str) -> dict[str, Any]:

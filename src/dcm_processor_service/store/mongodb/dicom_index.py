@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import pymongo
 from bson import ObjectId
 
-from ..._errors import NotFoundError
+from ..._errors import NotFoundError, PatientConflictError
 from .._sql import _instance_order
 from ..blobs import BlobInfo
 from ..records import InstanceInput
@@ -91,6 +91,7 @@ class DicomIndex(SessionState):
             )
         )
         prev = previous[0] if previous else None
+        self._refuse_other_patient(inp, prev["_id"] if prev else None)
         prev_meta = (prev or {}).get("metadata") or {}
         prev_extra = _extra(prev_meta)
         # a re-ingest without a peer/session keeps the ones already recorded
@@ -119,6 +120,30 @@ class DicomIndex(SessionState):
         if prev is not None:  # it may have moved: unlink it from any other series
             self._run(lambda db: self._unlink(db, {file_id}, keep_series=series_id))
         return self._instance(doc, str(series_id))
+
+    def _refuse_other_patient(self, inp: InstanceInput, previous_file: Any) -> None:
+        """Raise :class:`PatientConflictError` when the instance (the series listing its
+        ``previous_file``), its series or its study is filed under another patient.
+        A check before filing: without multi-document transactions two processes racing
+        with the first files of one series could still both pass it."""
+        other = {"$ne": inp.patient_uid}
+
+        def work(db: Any) -> list[tuple[str, str, Any]]:
+            found = []
+            if previous_file is not None:
+                owner = db.series.find_one({"Instances": str(previous_file)}, {"PatientUID": 1})
+                found.append(("instance", inp.sop_instance_uid, owner))
+            for level, collection, field, uid in (
+                ("series", "series", "SeriesInstanceUID", inp.series_instance_uid),
+                ("study", "studies", "StudyInstanceUID", inp.study_instance_uid),
+            ):
+                owner = db[collection].find_one({field: uid, "PatientUID": other}, {"PatientUID": 1})
+                found.append((level, uid, owner))
+            return found
+
+        for level, uid, owner in self._run(work):
+            if owner is not None and owner.get("PatientUID") != inp.patient_uid:
+                raise PatientConflictError(level, uid, str(owner.get("PatientUID")), inp.patient_uid)
 
     def _file_records(self, inp: InstanceInput, peer: Any, file_id: str) -> Any:
         """Add the instance to its series, the series to its study, the study to its
