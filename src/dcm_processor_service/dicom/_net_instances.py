@@ -38,9 +38,11 @@ from pydicom.uid import (
 from .._errors import DicomInputError, InvalidInputError
 from ._net_contexts import Route
 from ._net_ul import FileRegion
+from .dicomdir import dicomdir_references
 
 __all__ = [
     "MEDIA_STORAGE_DIRECTORY",
+    "DicomdirFile",
     "FilterCallback",
     "Instance",
     "SourceLike",
@@ -91,25 +93,15 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root, name)
 
 
-def dicomdir_files(path: Path) -> list[Path]:
-    """The files a DICOMDIR references (its records' *Referenced File ID*), resolved
-    relative to the DICOMDIR's folder, in record order."""
-    try:
-        ds = dcmread(path)
-    except Exception as exc:
-        raise DicomInputError(f"cannot read DICOMDIR {os.fspath(path)!r}: {exc}") from exc
-    if "DirectoryRecordSequence" not in ds:
-        raise DicomInputError(
-            f"{os.fspath(path)!r} is not a DICOMDIR - it has no Directory Record Sequence"
-        )
-    seen: dict[Path, None] = {}
-    for record in ds.DirectoryRecordSequence:
-        file_id = record.get("ReferencedFileID")
-        if not file_id:
-            continue
-        parts = [file_id] if isinstance(file_id, str) else list(file_id)
-        seen.setdefault(path.parent.joinpath(*parts), None)
-    return list(seen)
+@dataclass(frozen=True)
+class DicomdirFile:
+    """A DICOMDIR to expand into the files it references, whatever its file name
+    (``DicomSender.send_dicom_from_dicomdir``); a path-like."""
+
+    path: Path
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
 
 
 def _expand(item: object, position: str) -> Iterator[tuple[str, Path | Dataset | None, str | None]]:
@@ -127,9 +119,10 @@ def _expand(item: object, position: str) -> Iterator[tuple[str, Path | Dataset |
         for child in _walk(path):
             yield str(child), child, None
     elif path.is_file():
-        if path.name.upper() == "DICOMDIR":
-            for child in dicomdir_files(path):
-                yield str(child), child, None
+        if isinstance(item, DicomdirFile) or path.name.upper() == "DICOMDIR":
+            # contained in the DICOMDIR's folder; a reference outside is a local failure
+            for ref in dicomdir_references(path):
+                yield ref.label, ref.path, ref.problem
         else:
             yield str(path), path, None
     else:

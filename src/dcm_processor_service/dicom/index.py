@@ -69,7 +69,6 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, BinaryIO, Final, NamedTuple, cast
 
 from pydicom import dcmread, dcmwrite
@@ -94,6 +93,7 @@ from .._runtime import store_for
 from ..store.base import Store
 from ..store.record_values import patient_uid
 from ..store.records import InstanceInput
+from .dicomdir import DicomdirReference, dicomdir_references
 from .simplified_json import metadata_values
 
 __all__ = [
@@ -922,6 +922,7 @@ def _expand(source: Any, visited: set[tuple[int, int]]) -> Iterator[Any]:
     elif isinstance(source, (str, os.PathLike)):
         yield from _expand_path(os.fspath(source), visited)
     elif isinstance(source, FileSet):
+        # pydicom refuses, when it loads a DICOMDIR, references outside its folder
         for instance in source:
             yield _FileItem(str(instance.path), explicit=False)
     elif isinstance(source, (bytes, bytearray)):
@@ -943,47 +944,25 @@ def _expand(source: Any, visited: set[tuple[int, int]]) -> Iterator[Any]:
         )
 
 
-def _resolve_case_insensitive(root: Path, parts: list[str]) -> Path | None:
-    path = root
-    for part in parts:
-        candidate = path / part
-        if candidate.exists():
-            path = candidate
-            continue
-        try:
-            match = next((p for p in path.iterdir() if p.name.lower() == part.lower()), None)
-        except OSError:
-            return None
-        if match is None:
-            return None
-        path = match
-    return path
+def _referenced(ref: DicomdirReference) -> _FileItem | IngestFailure:
+    if ref.path is None:
+        return IngestFailure(ref.label, str(ref.problem))
+    return _FileItem(str(ref.path), explicit=False)
 
 
 def _dicomdir_files(path: str, fh: BinaryIO) -> Iterator[_FileItem | IngestFailure]:
-    """The files a DICOMDIR references (resolved relative to its folder, case-insensitively
-    when the exact case does not exist)."""
+    """The files a DICOMDIR references, contained in its folder
+    (:func:`~dcm_processor_service.dicom.dicomdir.dicomdir_references`); a reference
+    that leads outside it or does not exist is a failure naming the DICOMDIR."""
     fh.seek(0)
     with _pydicom_warnings(path):
         try:
-            ds = dcmread(fh)
-            records = list(ds.get("DirectoryRecordSequence") or [])
+            references = dicomdir_references(path, dcmread(fh))
         except Exception as exc:
             yield IngestFailure(path, f"unreadable DICOMDIR ({type(exc).__name__}: {exc})")
             return
-    root = Path(path).parent
-    for record in records:
-        ref = record.get("ReferencedFileID")
-        if not ref:
-            continue
-        parts = [str(p) for p in ref] if isinstance(ref, (MultiValue, list, tuple)) else [str(ref)]
-        resolved = _resolve_case_insensitive(root, parts)
-        if resolved is None:
-            yield IngestFailure(
-                str(root.joinpath(*parts)), f"referenced by DICOMDIR {path} but does not exist"
-            )
-        else:
-            yield _FileItem(str(resolved), explicit=False)
+    for ref in references:
+        yield _referenced(ref)
 
 
 # ---------------------------------------------------------------------- ingest

@@ -59,11 +59,11 @@ from ._net_contexts import (
     choose_route as _choose_route,
 )
 from ._net_instances import (
+    DicomdirFile,
     FilterCallback,
     Instance,
     SourceLike,
     build_payload,
-    dicomdir_files,
     gather,
 )
 from ._net_ul import (
@@ -727,7 +727,7 @@ class DicomSender:
             path = path / "DICOMDIR"
         if not path.is_file():
             raise InvalidInputError(f"invalid 'filename' value {filename!r} - no such DICOMDIR")
-        return self._compat_send(dicomdir_files(path), filter_callback, kwargs)
+        return self._compat_send(DicomdirFile(path), filter_callback, kwargs)
 
     # -- the core ----------------------------------------------------------------------------
     def send(

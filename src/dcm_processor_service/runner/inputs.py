@@ -70,20 +70,10 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _dicomdir_files(path: Path) -> list[Path]:
-    from pydicom import dcmread
-    from pydicom.fileset import FileSet
-
-    try:
-        fileset = FileSet(dcmread(path))
-    except Exception as exc:
-        raise DicomInputError(f"cannot read DICOMDIR {str(path)!r}: {exc}") from exc
-    return [Path(instance.path) for instance in fileset]
-
-
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Every file named by ``inputs`` (folders walked recursively, hidden files skipped,
-    a DICOMDIR given by name replaced by the files it references), without duplicates."""
+    """Every file named by ``inputs`` (folders walked recursively, hidden files skipped),
+    without duplicates. A DICOMDIR stays a DICOMDIR: whoever reads it (the scan below,
+    ingest) follows its references, contained in its folder."""
     if not inputs:
         raise InvalidInputError("no input given - name a folder, DICOM files or a DICOMDIR")
     out: dict[Path, None] = {}
@@ -96,8 +86,6 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             if not found:
                 raise InvalidInputError(f"input folder {str(item)!r} is empty")
             out.update(dict.fromkeys(p.resolve() for p in found))
-        elif path.name.upper() == "DICOMDIR":
-            out.update(dict.fromkeys(p.resolve() for p in _dicomdir_files(path)))
         else:
             out[path.resolve()] = None
     return list(out)
@@ -116,6 +104,7 @@ def scan_inputs(inputs: Sequence[str | os.PathLike[str]]) -> InputScan:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    from ..dicom.dicomdir import dicomdir_references
     from ..dicom.index import patient_key
 
     files = expand_inputs(inputs)
@@ -141,9 +130,15 @@ def scan_inputs(inputs: Sequence[str | os.PathLike[str]]) -> InputScan:
         if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             logger.debug("%s is a DICOMDIR: adding the files it references", path)
             try:
-                extra.extend(p.resolve() for p in _dicomdir_files(path))
+                references = dicomdir_references(path)
             except DicomInputError as exc:
                 not_dicom.append((str(path), str(exc)))
+                continue
+            for ref in references:
+                if ref.path is None:
+                    not_dicom.append((ref.label, str(ref.problem)))
+                else:
+                    extra.append(ref.path.resolve())
             continue
         if not _text(getattr(ds, "SOPInstanceUID", "")):
             not_dicom.append((str(path), "not a DICOM instance: no SOPInstanceUID"))
