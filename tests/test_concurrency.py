@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,75 @@ def test_killed_upload_leaves_previous_version_intact(
         # and a new upload after the crash works
         dps.upload_session_file(b"after", "big.bin")
         assert dps.download_session_file("big.bin").read() == b"after"  # type: ignore[union-attr]
+
+
+REPLACERS = 4
+READERS = 4
+DOWNLOADS = 60  # per reader
+
+
+def _version(writer: int, n: int) -> bytes:
+    """Version ``n`` of writer ``writer``: a self-describing header, then 80 KiB or (every
+    third version) 1.5 MiB of bytes derived from it - one chunk or several."""
+    head = f"{writer}:{n}|".encode()
+    size = 3 * 512 * 1024 if n % 3 == 0 else 80 * 1024
+    return head + hashlib.sha256(head).digest() * (size // 32)
+
+
+def _check_version(data: bytes) -> str | None:
+    head = data[: data.index(b"|") + 1] if b"|" in data[:40] else b""
+    if not head:
+        return f"no header in {len(data)} bytes"
+    writer, n = (int(x) for x in head[:-1].split(b":"))
+    return None if data == _version(writer, n) else f"version {writer}:{n} is damaged"
+
+
+def _replacer(ctx: RuntimeContext, writer: int, stop: Any, errors: mp.Queue) -> None:
+    try:
+        with use_context(ctx.replace(job_id="writer", job_name="writer")):
+            n = 1
+            while not stop.is_set():
+                dps.upload_session_file(_version(writer, n), "shared.bin")
+                n += 1
+    except BaseException as exc:
+        errors.put(f"writer {writer}: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _downloader(ctx: RuntimeContext, reader: int, results: mp.Queue) -> None:
+    failures = []
+    with use_context(ctx.replace(job_id=f"reader-{reader}", job_name=f"reader-{reader}")):
+        for _ in range(DOWNLOADS):
+            try:
+                data = dps.download_session_file("shared.bin", job_name="writer")
+                problem = _check_version(data.read()) if data is not None else "missing"
+            except Exception as exc:  # what a job would have seen
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                failures.append(problem)
+    results.put(failures)
+
+
+@pytest.mark.slow
+def test_download_racing_replaces_gets_a_whole_version(store_url: tuple[str, str, str]) -> None:
+    requires_shared_server(store_url[0])
+    ctx = _ctx(store_url)
+    with use_context(ctx.replace(job_id="writer", job_name="writer")):
+        dps.upload_session_file(_version(0, 0), "shared.bin")
+    spawn = mp.get_context("spawn")
+    stop, errors, results = spawn.Event(), spawn.Queue(), spawn.Queue()
+    writers = [
+        spawn.Process(target=_replacer, args=(ctx, w, stop, errors)) for w in range(REPLACERS)
+    ]
+    readers = [spawn.Process(target=_downloader, args=(ctx, r, results)) for r in range(READERS)]
+    for p in writers + readers:
+        p.start()
+    try:
+        failures = [f for _ in readers for f in results.get(timeout=240)]
+    finally:
+        stop.set()
+        for p in writers + readers:
+            p.join(timeout=60)
+    assert [p.exitcode for p in writers + readers] == [0] * (REPLACERS + READERS)
+    assert errors.empty()
+    assert failures == [], f"{len(failures)} of {READERS * DOWNLOADS} downloads failed"

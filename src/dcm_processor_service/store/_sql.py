@@ -623,9 +623,43 @@ class SQLStore(Store):
         return self._file(row) if row else None
 
     def open_file(self, record: FileRecord) -> BinaryIO:
-        return self.blobs.open(
+        return self._open_current(
+            "session_files",
+            record.id,
             BlobInfo(record.blob_key, record.size, record.sha256),
             f"session file {record.name!r} of session {record.session_id!r}",
+        )
+
+    def _open_current(self, table: str, record_id: str, info: BlobInfo, what: str) -> BinaryIO:
+        """Open the blob ``info`` of record ``record_id`` of ``table``.
+
+        A writer that replaces the record switches it to a new blob, commits, then
+        deletes the old blob; a reader that read the record just before may find the old
+        blob gone. Then the record is read again: it points at a newer, complete version
+        (committed before the old one was deleted), which is opened instead - a reader
+        gets the version it asked for or a newer one, never an error. A blob still
+        referenced and missing is damage (:class:`NotFoundError`), as is a record removed
+        meanwhile."""
+        for _ in range(self.max_attempts):
+            try:
+                return self.blobs.open(info, what)
+            except NotFoundError:
+                row = self._run(
+                    lambda tx: tx.one(
+                        f"SELECT blob_key, size, sha256 FROM {table} WHERE id = ?", (record_id,)
+                    ),
+                    write=False,
+                )
+                if row is None:
+                    raise NotFoundError(f"{what} was removed while it was being opened") from None
+                if row["blob_key"] == info.key:
+                    raise
+                logger.debug(
+                    "%s was replaced while it was being opened: reading the new version", what
+                )
+                info = BlobInfo(row["blob_key"], int(row["size"]), row["sha256"])
+        raise NotFoundError(
+            f"{what}: replaced faster than it could be opened ({self.max_attempts} tries)"
         )
 
     def remove_file(self, ref: JobRef, name: str) -> bool:
@@ -882,7 +916,9 @@ class SQLStore(Store):
         return records
 
     def open_instance(self, instance: dict[str, Any]) -> BinaryIO:
-        return self.blobs.open(
+        return self._open_current(
+            "instances",
+            instance["_id"],
             BlobInfo(instance["BlobKey"], int(instance["Size"]), instance["SHA256"]),
             f"DICOM instance {instance['SOPInstanceUID']}",
         )
