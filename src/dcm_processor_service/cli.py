@@ -17,7 +17,7 @@ Commands::
     dcm-service convert IN OUT            DICOM -> NIfTI or NIfTI -> DICOM
     dcm-service peers add|list|remove|echo
     dcm-service sessions list|show|clean
-    dcm-service db init
+    dcm-service db init|gc
 
 See ``docs/runner.md`` for the reference.
 """
@@ -1688,6 +1688,36 @@ def db_init(
         _print_json({"store": where, "schema_version": version})
     else:
         _out(f"{where} ready (schema version {version})")
+    return 0
+
+
+@db.command("gc")
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="MongoDB only: how long an unfinished upload must have been silent to be removed "
+    "(default 3600). SQLite and PostgreSQL need no age: a live writer holds a lock.",
+)
+@_store_options
+@_common
+def db_gc(
+    dry_run: bool,
+    min_age: float | None,
+    store_spec: _StoreSpec,
+    settings: _Settings,
+) -> int:
+    """Remove what crashed writers left: stored bytes no record references.
+
+    Never touches data a writer that is still running is committing."""
+    with store_spec.open() as store:
+        report = store.collect_garbage(dry_run=dry_run, min_age_s=min_age)
+    if settings.json:
+        _print_json(report.to_dict())
+    else:
+        _out(report.summary())
     return 0
 
 

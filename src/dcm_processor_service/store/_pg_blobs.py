@@ -19,9 +19,18 @@ NIfTI files are usually compressed already, and pglz would cost CPU for little g
 Writing: a ``blobs`` row with ``complete = false`` is inserted first, then one
 transaction per ~1 MiB chunk, then the row is switched to ``complete = true`` with its
 size and sha256. Only complete blobs can be opened, and records only point at a blob
-after it is complete, so a reader never sees a partial blob. Incomplete blobs left by a
-crashed writer (and, on an explicit ``migrate()``, complete blobs no record points at)
-are removed by :meth:`PostgresBlobStore.sweep` once they are old enough.
+after it is complete, so a reader never sees a partial blob.
+
+Garbage: a writer that dies leaves an incomplete blob, or a complete one no record
+points at (it died before committing the record). A live writer holds a *lease* on its
+blob from before the ``blobs`` row exists until its record is committed: a session-level
+advisory lock (``pg_advisory_lock_shared(BLOB_LOCK_CLASS, hashtext(key))``) on one
+dedicated connection per process (:class:`WriterLeases`), which the server drops when
+that process dies. :meth:`PostgresBlobStore.collect` removes only blobs (and stray
+chunks) whose lease it can take itself (``pg_try_advisory_xact_lock``), checking again
+that they are still garbage while it holds it; and the record's transaction share-locks
+the blob row (:meth:`PostgresBlobStore.confirm`), so even a writer that lost its lease
+(its connection dropped) fails cleanly instead of committing a record without bytes.
 
 Reading: a blob of one chunk is read with one query. A larger blob is streamed chunk by
 chunk from a ``REPEATABLE READ`` snapshot on a connection of its own, so a reader that
@@ -36,17 +45,22 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
+
+import psycopg
 
 from .._errors import InvalidInputError, NotFoundError, StorageError, StoreUnavailableError
 from ._sql import Tx
 from .base import CHUNK_SIZE
 from .blobs import BlobInfo, BlobStore, VerifyingReader
+from .garbage import GarbageReport, ReferencedKeys
 
-__all__ = ["BLOB_SCHEMA", "PostgresBlobStore"]
+__all__ = ["BLOB_LOCK_CLASS", "BLOB_SCHEMA", "PostgresBlobStore", "WriterLeases"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +87,83 @@ BLOB_SCHEMA: list[tuple[int, list[str]]] = [
 #: ``run(work, write=...)``: a unit of work in a retried transaction (``SQLStore._run``).
 Runner = Callable[..., Any]
 
+#: First key of the two-key advisory locks that are blob leases (b"dcmb" as an int).
+BLOB_LOCK_CLASS = 0x64636D62
+#: kinds of :class:`GarbageReport` items
+INCOMPLETE = "incomplete blobs"
+UNREFERENCED = "unreferenced blobs"
+STRAY = "stray chunks"
+
+# Lease connections inherited from a parent process: kept referenced, never used or
+# closed, so that nothing in a forked child writes to the parent's socket.
+_inherited: list[Any] = []
+
+
+class WriterLeases:
+    """Leases of the blobs this process is writing: session-level advisory locks held on
+    one dedicated connection per process (opened on first use, re-opened after a fork
+    or when it broke). The server releases them when the process - so the connection -
+    dies, which makes a crashed writer's blobs collectable at once."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._conn: Any = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _forked(self) -> None:
+        """In a forked child: forget (never touch) the parent's connection and lock."""
+        if self._pid != os.getpid():
+            if self._conn is not None:
+                _inherited.append(self._conn)
+            self._conn, self._pid, self._lock = None, os.getpid(), threading.Lock()
+
+    def hold(self, key: str) -> None:
+        """Take the lease of blob ``key`` (before its row exists)."""
+        self._forked()
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = self._connect()
+                try:
+                    self._conn.execute(
+                        "SELECT pg_advisory_lock_shared(%s, hashtext(%s))", (BLOB_LOCK_CLASS, key)
+                    )
+                    return
+                except psycopg.Error as exc:
+                    self._drop()  # the connection broke: reconnect once
+                    if attempt == 2:
+                        raise StoreUnavailableError(
+                            f"cannot take the lease of a new blob: {type(exc).__name__}: {exc}"
+                        ) from exc
+
+    def release(self, key: str) -> None:
+        """Give the lease back (the record is committed, or the blob deleted)."""
+        self._forked()
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                return
+            try:
+                self._conn.execute(
+                    "SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (BLOB_LOCK_CLASS, key)
+                )
+            except psycopg.Error:
+                self._drop()  # the connection, and with it the lease, is gone
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close the lease connection (the store is closing: no write is in flight)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    conn.close()
+
 
 class PostgresBlobStore(BlobStore):
     """:class:`BlobStore` over the ``blobs``/``blob_chunks`` tables.
@@ -97,10 +188,38 @@ class PostgresBlobStore(BlobStore):
         self._describe = describe
         self._referenced_by = tuple(referenced_by)
         self.chunk_size = chunk_size
+        self.leases = WriterLeases(connect)
 
     # ----------------------------------------------------------------- write
     def write(self, source: BinaryIO) -> BlobInfo:
+        return self._write(uuid.uuid4().hex, source)
+
+    @contextlib.contextmanager
+    def writing(self, source: BinaryIO) -> Iterator[BlobInfo]:
         key = uuid.uuid4().hex
+        self.leases.hold(key)
+        try:
+            info = self._write(key, source)
+            try:
+                yield info
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.delete(key)
+                raise
+        finally:
+            self.leases.release(key)
+
+    def confirm(self, tx: Tx, key: str) -> None:
+        """In the transaction of the record that will point at blob ``key``: check that
+        it is complete and share-lock its row until the record is committed."""
+        if tx.one("SELECT 1 AS x FROM blobs WHERE key = ? AND complete FOR KEY SHARE", (key,)):
+            return
+        raise StorageError(
+            f"{self._describe()}: the bytes just written (blob {key}) are gone - a garbage "
+            "collection removed them after this writer lost its connection; write again"
+        )
+
+    def _write(self, key: str, source: BinaryIO) -> BlobInfo:
         self._run(
             lambda tx: tx.execute(
                 "INSERT INTO blobs (key, complete, created_at) VALUES (?, false, now())", (key,)
@@ -126,13 +245,18 @@ class PostgresBlobStore(BlobStore):
             if pending is not None:
                 pending.result()
             sha = digest.hexdigest()
-            self._run(
+            updated = self._run(
                 lambda tx: tx.execute(
                     "UPDATE blobs SET size = ?, sha256 = ?, chunks = ?, complete = true"
                     " WHERE key = ?",
                     (size, sha, seq, key),
                 )
             )
+            if updated != 1:
+                raise StorageError(
+                    f"{self._describe()}: blob {key} was removed while it was written (a "
+                    "garbage collection, after this writer lost its connection); write again"
+                )
         except BaseException:
             if sender is not None:
                 sender.shutdown(wait=True, cancel_futures=True)
@@ -203,30 +327,84 @@ class PostgresBlobStore(BlobStore):
 
         self._run(work)
 
-    def sweep(self, tx: Tx, older_than_s: float = 24 * 3600, *, orphans: bool = False) -> int:
-        """Delete blobs older than ``older_than_s`` that are incomplete (a writer
-        crashed) or, with ``orphans``, that no record points at (a writer crashed between
-        writing the blob and switching the record, or two first writers of the same name
-        raced). Runs in the caller's transaction ``tx``; returns how many were removed."""
-        condition = "NOT complete"
-        if orphans and self._referenced_by:
-            unreferenced = " AND ".join(
-                f"NOT EXISTS (SELECT 1 FROM {table} r WHERE r.{column} = b.key)"
-                for table, column in self._referenced_by
-            )
-            condition = f"(NOT complete OR ({unreferenced}))"
-        rows = tx.query(
-            f"DELETE FROM blobs b WHERE created_at < now() - make_interval(secs => ?)"
-            f" AND {condition} RETURNING key",
-            (float(older_than_s),),
+    def collect(
+        self,
+        referenced: ReferencedKeys,
+        report: GarbageReport,
+        *,
+        dry_run: bool = False,
+        incomplete_only: bool = False,
+    ) -> None:
+        """Remove incomplete blobs, complete blobs no record points at and chunks
+        without a blob row - each only when its lease can be taken, i.e. its writer is
+        gone (see the module docs). ``incomplete_only``: the cheap part (a partial
+        index), run when a process first opens the store. ``referenced`` is not needed:
+        the tables that hold blob keys are joined in SQL."""
+        unreferenced = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {table} r WHERE r.{column} = b.key)"
+            for table, column in self._referenced_by
         )
-        keys = [r["key"] for r in rows]
-        if keys:
-            tx.execute("DELETE FROM blob_chunks WHERE key = ANY(?)", (keys,))
-            logger.info(
-                "%s: removed %d incomplete or unreferenced blob(s)", self._describe(), len(keys)
-            )
-        return len(keys)
+        garbage = "NOT b.complete"
+        if not incomplete_only and unreferenced:
+            garbage = f"(NOT b.complete OR ({unreferenced}))"
+        conn = self._connect()
+        try:
+            with conn.transaction():  # READ COMMITTED: each statement sees the latest commits
+                keys = [r[0] for r in conn.execute(f"SELECT b.key FROM blobs b WHERE {garbage}")]
+                held = _take_leases(conn, keys, report)
+                # still garbage now that no writer can hold them
+                rows = conn.execute(
+                    "SELECT b.key, b.complete, (SELECT coalesce(sum(octet_length(c.data)), 0)"
+                    " FROM blob_chunks c WHERE c.key = b.key)"
+                    f" FROM blobs b WHERE b.key = ANY(%s) AND {garbage}",
+                    (held,),
+                ).fetchall()
+                stray: list[tuple[str, int]] = []
+                if not incomplete_only:
+                    keys = [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT DISTINCT c.key FROM blob_chunks c"
+                            " WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.key = c.key)"
+                        )
+                    ]
+                    held = _take_leases(conn, keys, report)
+                    stray = conn.execute(
+                        "SELECT c.key, sum(octet_length(c.data)) FROM blob_chunks c"
+                        " WHERE c.key = ANY(%s)"
+                        " AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.key = c.key) GROUP BY c.key",
+                        (held,),
+                    ).fetchall()
+                gone = [r[0] for r in rows] + [r[0] for r in stray]
+                if gone and not dry_run:
+                    conn.execute("DELETE FROM blob_chunks WHERE key = ANY(%s)", (gone,))
+                    conn.execute("DELETE FROM blobs WHERE key = ANY(%s)", (gone,))
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"{self._describe()}: garbage collection failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            conn.close()
+        for _key, complete, size in rows:
+            report.add(UNREFERENCED if complete else INCOMPLETE, int(size))
+        for _key, size in stray:
+            report.add(STRAY, int(size))
+
+
+def _take_leases(conn: Any, keys: list[str], report: GarbageReport) -> list[str]:
+    """Those of ``keys`` whose lease this transaction could take (no live writer holds
+    them); the others are counted as in flight."""
+    if not keys:
+        return []
+    held = [
+        r[0]
+        for r in conn.execute(
+            "SELECT k FROM unnest(%s::text[]) AS k WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
+            (keys, BLOB_LOCK_CLASS),
+        )
+    ]
+    report.in_flight += len(keys) - len(held)
+    return held
 
 
 def _chunks(source: BinaryIO, size: int) -> Any:

@@ -26,7 +26,8 @@ from typing import Any, BinaryIO, TypeVar
 
 from .._errors import NotFoundError, PatientConflictError, StorageError
 from .base import JobRef, Store
-from .blobs import BlobInfo, BlobStore
+from .blobs import BlobInfo, BlobStore, DirectoryBlobStore
+from .garbage import GarbageReport
 from .record_values import patient_uid, platform_metadata
 from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord, utcnow
 
@@ -208,6 +209,8 @@ class SQLStore(Store):
     max_attempts = 30
 
     blobs: BlobStore
+    #: whether this store object swept dead writers' leftovers yet (on its first write)
+    _swept = False
 
     # --------------------------------------------------------------- dialect
     @abc.abstractmethod
@@ -238,6 +241,31 @@ class SQLStore(Store):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def collect_garbage(
+        self, *, dry_run: bool = False, min_age_s: float | None = None
+    ) -> GarbageReport:
+        report = GarbageReport(self.describe(), dry_run=dry_run)
+        self.blobs.collect(self._referenced_keys, report, dry_run=dry_run)
+        logger.info("%s", report.summary())
+        return report
+
+    def _referenced_keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that a session file or an instance points at (now)."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 400):
+            batch = list(keys[start : start + 400])
+            marks = ", ".join("?" for _ in batch)
+            rows = self._run(
+                lambda tx, batch=batch, marks=marks: tx.query(  # type: ignore[misc]
+                    f"SELECT blob_key FROM session_files WHERE blob_key IN ({marks})"
+                    f" UNION SELECT blob_key FROM instances WHERE blob_key IN ({marks})",
+                    [*batch, *batch],
+                ),
+                write=False,
+            )
+            found.update(r["blob_key"] for r in rows)
+        return found
 
     def _apply_schema(self, tx: Tx) -> int:
         """Apply missing schema versions inside ``tx`` (the caller holds the lock that
@@ -562,10 +590,8 @@ class SQLStore(Store):
         content_type: str,
         meta: dict[str, Any] | None = None,
     ) -> FileRecord:
-        blob = self.blobs.write(source)
-        now = _now()
-
-        def work(tx: Tx) -> tuple[FileRecord, str | None]:
+        def work(tx: Tx, blob: BlobInfo) -> tuple[FileRecord, str | None]:
+            now = _now()
             old = tx.one(
                 "SELECT id, blob_key, created_at FROM session_files"
                 " WHERE session_id = ? AND job_id = ? AND name = ?" + self.for_update,
@@ -602,14 +628,51 @@ class SQLStore(Store):
             )
             return self._file(row), (old["blob_key"] if old else None)  # type: ignore[arg-type]
 
-        try:
-            record, old_key = self._run(work)
-        except BaseException:
-            self.blobs.delete(blob.key)
-            raise
+        return self._file_blob(source, work)
+
+    def _file_blob(
+        self, source: BinaryIO, work: Callable[[Tx, BlobInfo], tuple[T, str | None]]
+    ) -> T:
+        """Write ``source`` as a new blob, then run ``work`` - which points a record at it
+        and returns (result, the blob the record pointed at before) - in a retried
+        transaction while the blob is held (garbage collection leaves it alone; a failed
+        ``work`` deletes it), then delete the replaced blob."""
+        if not self._swept:
+            self._swept = True
+            self._sweep_first_write()
+        with self.blobs.writing(source) as blob:
+
+            def unit(tx: Tx) -> tuple[T, str | None]:
+                self._confirm_blob(tx, blob.key)
+                return work(tx, blob)
+
+            result, old_key = self._run(unit)
         if old_key and old_key != blob.key:
             self.blobs.delete(old_key)
-        return record
+        return result
+
+    def _sweep_first_write(self) -> None:
+        """On the first write of this store object: remove the cheap part of what dead
+        writers left (never a live writer's data; ``db gc`` does the rest). A failure
+        here is logged, not raised: it must not fail the job's write."""
+        report = GarbageReport(self.describe())
+        try:
+            self._sweep_dead_writers(report)
+        except StorageError as exc:
+            logger.warning("%s: leftovers of dead writers not removed: %s", self.describe(), exc)
+        if report.items:
+            logger.info("%s", report.summary())
+
+    def _sweep_dead_writers(self, report: GarbageReport) -> None:
+        """Hook: the cheap sweep (``.part`` files of a blob folder)."""
+        if isinstance(self.blobs, DirectoryBlobStore):
+            self.blobs.sweep_partial(report)
+
+    def _confirm_blob(self, tx: Tx, key: str) -> None:
+        """Hook: check, inside the record's transaction, that blob ``key`` is still there
+        (PostgreSQL share-locks its row, so a garbage collection cannot remove it
+        before the record commits)."""
+        return None
 
     def get_file(self, ref: JobRef, name: str) -> FileRecord | None:
         clause, params = self._select(ref)
@@ -750,11 +813,11 @@ class SQLStore(Store):
 
     # ------------------------------------------------------------ DICOM index
     def put_instance(self, instance: InstanceInput, source: BinaryIO) -> dict[str, Any]:
-        blob = self.blobs.write(source)
-        now = _now()
         inp = instance
 
-        def upsert(tx: Tx, table: str, key_col: str, key: str, cols: dict[str, Any]) -> str:
+        def upsert(
+            tx: Tx, now: str, table: str, key_col: str, key: str, cols: dict[str, Any]
+        ) -> str:
             names = [key_col, *cols]
             # a re-ingest without a peer/session keeps the ones already recorded
             updates = ", ".join(
@@ -772,10 +835,12 @@ class SQLStore(Store):
             )
             return str(row["id"])  # type: ignore[index]
 
-        def work(tx: Tx) -> tuple[dict[str, Any], str | None]:
+        def work(tx: Tx, blob: BlobInfo) -> tuple[dict[str, Any], str | None]:
+            now = _now()
             self._refuse_other_patient(tx, inp)
             patient_id = upsert(
                 tx,
+                now,
                 "patients",
                 "patient_uid",
                 inp.patient_uid,
@@ -783,6 +848,7 @@ class SQLStore(Store):
             )
             study_id = upsert(
                 tx,
+                now,
                 "studies",
                 "study_uid",
                 inp.study_instance_uid,
@@ -790,6 +856,7 @@ class SQLStore(Store):
             )
             series_id = upsert(
                 tx,
+                now,
                 "series",
                 "series_uid",
                 inp.series_instance_uid,
@@ -807,6 +874,7 @@ class SQLStore(Store):
             )
             upsert(
                 tx,
+                now,
                 "instances",
                 "sop_uid",
                 inp.sop_instance_uid,
@@ -828,14 +896,7 @@ class SQLStore(Store):
             row = tx.one("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
             return self._instance(row, inp.series_instance_uid), (old["blob_key"] if old else None)  # type: ignore[arg-type]
 
-        try:
-            record, old_key = self._run(work)
-        except BaseException:
-            self.blobs.delete(blob.key)
-            raise
-        if old_key and old_key != blob.key:
-            self.blobs.delete(old_key)
-        return record
+        return self._file_blob(source, work)
 
     @staticmethod
     def _refuse_other_patient(tx: Tx, inp: InstanceInput) -> None:

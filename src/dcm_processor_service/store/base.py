@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO, ClassVar
 
+from .._errors import StorageError
+from .garbage import GarbageReport
 from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord
 
 __all__ = ["CHUNK_SIZE", "JobRef", "Store"]
@@ -54,7 +56,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def migrate(self) -> int:
         """Create or upgrade the schema; return the schema version. Safe to call from
-        several processes at once. Providers call it on first use."""
+        several processes at once. Providers create the schema on first use by
+        themselves; an explicit call also collects garbage where that is cheap enough
+        to do on demand (SQLite, PostgreSQL: :meth:`collect_garbage`)."""
+
+    def collect_garbage(
+        self, *, dry_run: bool = False, min_age_s: float | None = None
+    ) -> GarbageReport:
+        """Remove stored bytes no record references - what writers that crashed between
+        writing a file's bytes and committing its record left behind - and return what
+        was freed (with ``dry_run``: what would be). Never touches data a live writer is
+        still committing (SQL providers: the writer's lock or lease; see
+        ``docs/storage.md``). ``min_age_s`` (MongoDB, which has no such lock): how long
+        an unfinished upload must have been silent; ``None`` = the provider's default.
+        The SQL providers' ``migrate()`` runs it too."""
+        raise StorageError(f"{self.describe()}: this provider has no garbage collection")
 
     @abc.abstractmethod
     def close(self) -> None:

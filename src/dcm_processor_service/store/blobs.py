@@ -10,6 +10,11 @@ new one is complete.
 ``<db>.blobs`` folder, or a shared directory for PostgreSQL). Writes go to
 ``tmp/<uuid>.part``, are fsync-ed, then renamed into place.
 
+A blob that a record will reference is written with :meth:`BlobStore.writing`: the
+writer holds it (a lock, or a lease) until the record is committed, so
+:meth:`BlobStore.collect` - the garbage collection of leftovers of crashed writers -
+never removes data a live writer is still committing.
+
 :class:`VerifyingReader` wraps any raw reader and checks size and sha256 when the end is
 reached, raising :class:`IntegrityError` on a mismatch.
 """
@@ -18,19 +23,30 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import logging
 import os
-import time
+import re
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .._errors import IntegrityError, InvalidInputError, NotFoundError, StoreUnavailableError
+from .._errors import (
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+    StoreUnavailableError,
+)
+from ._modes import private_folder
 from .base import CHUNK_SIZE
+from .garbage import GarbageReport, ReferencedKeys
 
 __all__ = [
     "COPY_BUFFER",
@@ -184,7 +200,9 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def write(self, source: BinaryIO) -> BlobInfo:
-        """Stream ``source`` into a new blob; it becomes visible only when complete."""
+        """Stream ``source`` into a new blob; it becomes visible only when complete.
+        Nothing protects it from :meth:`collect` once this returns: a blob that a record
+        will reference is written with :meth:`writing`."""
 
     @abc.abstractmethod
     def open(self, info: BlobInfo, what: str) -> BinaryIO:
@@ -194,9 +212,41 @@ class BlobStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Delete the blob; a missing blob is not an error."""
 
+    @contextlib.contextmanager
+    def writing(self, source: BinaryIO) -> Iterator[BlobInfo]:
+        """Write a blob for a record that the ``with`` block commits. Until the block
+        ends the blob is held by this live writer, so :meth:`collect` leaves it alone;
+        when the block raises, the blob is deleted."""
+        info = self.write(source)
+        try:
+            yield info
+        except BaseException:
+            self.delete(info.key)
+            raise
+
+    def collect(
+        self, referenced: ReferencedKeys, report: GarbageReport, *, dry_run: bool = False
+    ) -> None:
+        """Remove blobs no record references and leftovers of crashed writers, never one
+        a live writer holds; count them in ``report``. The default collects nothing."""
+        return None
+
+
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+
 
 class DirectoryBlobStore(BlobStore):
-    """Blobs as files under ``root`` (``<root>/<k[:2]>/<key>``), written atomically."""
+    """Blobs as files under ``root`` (``<root>/<k[:2]>/<key>``), written atomically.
+
+    Patient data: folders are created owner-only (0700, an existing root or ``tmp`` folder
+    of ours is tightened), files 0600. A writer creates ``tmp/<key>.part``, locks it
+    (``flock``), fills and fsyncs it, renames it into place - the lock stays on the file -
+    and keeps the lock until the record that references the blob is committed
+    (:meth:`writing`). :meth:`collect` removes only files it can lock itself, so it never
+    touches a live writer's file; the kernel drops the lock of a writer that dies, which
+    makes its leftovers collectable at once. (``flock`` must work on the folder's file
+    system: local file systems and NFSv4 do.)
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
@@ -204,9 +254,12 @@ class DirectoryBlobStore(BlobStore):
         self._tmp = self.root / "tmp"
         self._made: set[str] = set()  # fan-out folders known to exist
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            for folder in (self.root, self._tmp):
+                private_folder(folder)
         except OSError as exc:
-            raise StoreUnavailableError(f"cannot create blob directory {self.root}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"cannot create blob directory {self.root}: {exc.strerror or exc}"
+            ) from exc
 
     def path(self, key: str) -> Path:
         """The file that holds blob ``key``."""
@@ -214,49 +267,168 @@ class DirectoryBlobStore(BlobStore):
             raise InvalidInputError(f"invalid blob key {key!r}")
         return self.root / key[:2] / key
 
+    def _error(self, exc: OSError, action: str) -> StorageError:
+        """The package error for a failed operation on the blob folder."""
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = (
+                " - this user cannot write there: check the folder's owner and mode, or "
+                "whether it is mounted read-only"
+            )
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = " - the disk (or quota) is full"
+        else:
+            hint = ""
+        return StorageError(f"cannot {action} in blob folder {self.root}: {reason}{hint}")
+
+    def _create_locked(self) -> tuple[int, str, Path]:
+        """A new empty ``.part`` file, locked by us. A concurrent :meth:`collect` may
+        remove the file between its creation and our lock (it found it unlocked); then
+        our lock holds a deleted file, which is detected here and we start over."""
+        while True:
+            key = uuid.uuid4().hex
+            part = self._tmp / f"{key}.part"
+            try:
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise self._error(exc, "create a file") from exc
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(part).st_ino == os.fstat(fd).st_ino:
+                    return fd, key, part
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
     def write(self, source: BinaryIO) -> BlobInfo:
-        key = uuid.uuid4().hex
-        part = self._tmp / f"{key}.part"
+        with self.writing(source) as info:
+            return info
+
+    @contextlib.contextmanager
+    def writing(self, source: BinaryIO) -> Iterator[BlobInfo]:
+        fd, key, part = self._create_locked()
+        final: Path | None = None
         try:
-            with open(part, "wb") as out:
-                size, sha = copy_stream(source, out.write)
-                if self.fsync:
-                    os.fsync(out.fileno())
+            with open(fd, "wb", closefd=False) as out:
+
+                def write(view: memoryview) -> None:
+                    try:
+                        out.write(view)
+                    except OSError as exc:
+                        raise self._error(exc, "write a file") from exc
+
+                # errors of the source pass through as they are (not the store's)
+                size, sha = copy_stream(source, write)
+                try:
+                    out.flush()
+                    if self.fsync:
+                        os.fsync(fd)
+                except OSError as exc:
+                    raise self._error(exc, "write a file") from exc
             final = self.path(key)
-            if key[:2] not in self._made:
-                final.parent.mkdir(exist_ok=True)
-                self._made.add(key[:2])
-            os.replace(part, final)
+            try:
+                if key[:2] not in self._made:
+                    private_folder(final.parent)
+                    self._made.add(key[:2])
+                os.replace(part, final)
+            except OSError as exc:
+                final = None
+                raise self._error(exc, "store a file") from exc
+            yield BlobInfo(key, size, sha)
         except BaseException:
             with contextlib.suppress(OSError):
-                part.unlink()
+                (final or part).unlink()
             raise
-        return BlobInfo(key, size, sha)
+        finally:
+            os.close(fd)  # releases the lock: the record is committed (or the blob gone)
 
     def open(self, info: BlobInfo, what: str) -> BinaryIO:
+        path = self.path(info.key)
         try:
-            raw = open(self.path(info.key), "rb", buffering=0)  # noqa: SIM115 - closed by the reader
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
         except FileNotFoundError:
-            raise NotFoundError(
-                f"{what}: stored bytes are missing ({self.path(info.key)})"
-            ) from None
+            raise NotFoundError(f"{what}: stored bytes are missing ({path})") from None
+        except OSError as exc:
+            raise self._error(exc, f"read {path.name}") from exc
         return io.BufferedReader(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # the record no longer points at it: garbage for collect()
+            logger.warning("could not delete blob %s (%s); db gc will remove it", key, exc)
 
-    def sweep_partial(self, older_than_s: float = 24 * 3600) -> int:
-        """Delete ``.part`` files left by crashed writers; return how many."""
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for part in self._tmp.glob("*.part"):
-            with contextlib.suppress(OSError):
-                if part.stat().st_mtime < cutoff:
-                    part.unlink()
-                    removed += 1
-        if removed:
-            logger.info(
-                "removed %d partial blob(s) left by interrupted writers in %s", removed, self._tmp
+    def sweep_partial(self, report: GarbageReport | None = None, *, dry_run: bool = False) -> int:
+        """Remove ``.part`` files of writers that died (no live writer holds them);
+        return how many. Cheap (only the ``tmp`` folder): the store runs it on its first
+        write."""
+        report = report if report is not None else GarbageReport(str(self.root))
+        before = report.removed.get(PARTIAL, 0)
+        for part in sorted(self._tmp.glob("*.part")):
+            _remove_unheld(part, PARTIAL, report, dry_run, still_garbage=None)
+        return report.removed.get(PARTIAL, 0) - before
+
+    def collect(
+        self, referenced: ReferencedKeys, report: GarbageReport, *, dry_run: bool = False
+    ) -> None:
+        self.sweep_partial(report, dry_run=dry_run)
+        files: dict[str, Path] = {}
+        for folder in sorted(self.root.iterdir()):
+            if len(folder.name) == 2 and folder.is_dir():
+                files.update((f.name, f) for f in folder.iterdir() if _KEY.match(f.name))
+        keys = sorted(files)
+        unreferenced = set(keys) - referenced(keys)
+        for key in sorted(unreferenced):
+            _remove_unheld(
+                files[key],
+                UNREFERENCED,
+                report,
+                dry_run,
+                still_garbage=lambda key=key: not referenced([key]),  # type: ignore[misc]
             )
-        return removed
+
+
+#: kinds of :class:`GarbageReport` items
+PARTIAL = "partial files"
+UNREFERENCED = "unreferenced blobs"
+
+
+def _remove_unheld(
+    path: Path,
+    kind: str,
+    report: GarbageReport,
+    dry_run: bool,
+    still_garbage: Callable[[], bool] | None,
+) -> None:
+    """Remove ``path`` (count it in ``report``) unless a live writer holds its lock, or
+    ``still_garbage()`` - asked while we hold the lock - says a record took it meanwhile.
+    A writer keeps its lock until its record is committed, so what we can lock is either
+    referenced by then or abandoned."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return  # gone meanwhile (renamed into place, deleted by its writer)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report.in_flight += 1
+            return
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return
+        except FileNotFoundError:
+            return
+        if still_garbage is not None and not still_garbage():
+            return
+        size = os.fstat(fd).st_size
+        if not dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+        report.add(kind, size)
+    finally:
+        os.close(fd)

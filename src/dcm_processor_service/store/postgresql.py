@@ -61,6 +61,7 @@ from .._safe_text import mask_secrets, register_secret
 from ._pg_blobs import BLOB_SCHEMA, PostgresBlobStore
 from ._sql import SCHEMA_VERSION, SQLStore, Tx
 from .blobs import DirectoryBlobStore
+from .garbage import GarbageReport
 from .records import utcnow
 
 __all__ = ["PgSettings", "PostgreSQLStore", "parse_url"]
@@ -407,9 +408,9 @@ class PostgreSQLStore(SQLStore):
             or versions.get(_BLOB_COMPONENT) == BLOB_SCHEMA[-1][0]
         )
 
-    def _migrate(self, *, force: bool, orphans: bool) -> int:
+    def _migrate(self, *, force: bool) -> int:
         """Create/upgrade the schema on a dedicated connection (READ COMMITTED, under
-        the advisory lock) and sweep leftovers of crashed writers."""
+        the advisory lock)."""
         attempts = 5
         for attempt in range(1, attempts + 1):
             conn = self._connect()
@@ -423,11 +424,6 @@ class PostgreSQLStore(SQLStore):
                         version = self._apply_schema(tx)
                         if not self.settings.blob_dir:
                             self._apply_blob_schema(tx)
-                with conn.transaction():  # cheap on first use (partial index on incomplete)
-                    if isinstance(self.blobs, PostgresBlobStore):
-                        self.blobs.sweep(_PgTx(conn), orphans=orphans)
-                if isinstance(self.blobs, DirectoryBlobStore):
-                    self.blobs.sweep_partial()
                 return version
             except StorageError:
                 raise
@@ -457,16 +453,30 @@ class PostgreSQLStore(SQLStore):
 
     def _ensure_schema(self) -> None:
         """First use: create or upgrade the schema only when it is not current."""
-        self._migrate(force=False, orphans=False)
+        self._migrate(force=False)
+
+    def _sweep_dead_writers(self, report: GarbageReport) -> None:
+        if isinstance(self.blobs, PostgresBlobStore):  # a partial index: cheap
+            self.blobs.collect(self._referenced_keys, report, incomplete_only=True)
+        else:
+            super()._sweep_dead_writers(report)
 
     def migrate(self) -> int:
-        """Create or upgrade the schema (safe from many processes at once) and remove
-        blobs left by crashed or racing writers (older than a day); return the version."""
-        return self._migrate(force=True, orphans=True)
+        """Create or upgrade the schema (safe from many processes at once) and collect
+        garbage (:meth:`collect_garbage`); return the version."""
+        version = self._migrate(force=True)
+        self.collect_garbage()
+        return version
+
+    def _confirm_blob(self, tx: Tx, key: str) -> None:
+        if isinstance(self.blobs, PostgresBlobStore):
+            self.blobs.confirm(tx, key)
 
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
             self._closed = True
+        if isinstance(self.blobs, PostgresBlobStore):
+            self.blobs.leases.close()
         if pool is not None and self._pool_pid == os.getpid():
             pool.close(timeout=5.0)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInputError, StorageError, StoreUnavailableError
-from ._sql import SQLStore, Tx
+from ._modes import private_file
+from ._sql import SCHEMA_VERSION, SQLStore, Tx
 from .blobs import DirectoryBlobStore
 
 __all__ = ["SQLiteStore", "sqlite_path"]
@@ -77,17 +78,23 @@ class SQLiteStore(SQLStore):
     def __init__(self, url: str, name: str | None = None, *, fsync: bool = True) -> None:
         self.path = sqlite_path(url, name)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailableError(
                 f"cannot create the folder of sqlite store {self.path}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            private_file(self.path)  # owner-only: -wal and -shm inherit its mode
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create {self.describe()}: {exc.strerror or exc}"
             ) from exc
         self.blobs = DirectoryBlobStore(self.path.with_name(self.path.name + ".blobs"), fsync=fsync)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
-        self.migrate()
+        self._ensure_schema()
 
     def describe(self) -> str:
         return f"sqlite store {self.path}"
@@ -149,9 +156,23 @@ class SQLiteStore(SQLStore):
         return StorageError(f"{self.describe()}: {type(exc).__name__}: {exc}")
 
     # -------------------------------------------------------------- lifecycle
+    def _ensure_schema(self) -> int:
+        """Create or upgrade the schema - under the write lock only when it is not
+        current (the common case is one read)."""
+        try:
+            row = self._run(
+                lambda tx: tx.one("SELECT version FROM schema_version WHERE component = 'core'"),
+                write=False,
+            )
+        except StorageError:  # no schema_version table yet
+            row = None
+        if row is not None and int(row["version"]) == SCHEMA_VERSION:
+            return SCHEMA_VERSION
+        return self._run(self._apply_schema)
+
     def migrate(self) -> int:
-        version = self._run(self._apply_schema)
-        self.blobs.sweep_partial()
+        version = self._ensure_schema()
+        self.collect_garbage()
         return version
 
     def close(self) -> None:

@@ -137,13 +137,17 @@ class DicomIndex(SessionState):
                 ("series", "series", "SeriesInstanceUID", inp.series_instance_uid),
                 ("study", "studies", "StudyInstanceUID", inp.study_instance_uid),
             ):
-                owner = db[collection].find_one({field: uid, "PatientUID": other}, {"PatientUID": 1})
+                owner = db[collection].find_one(
+                    {field: uid, "PatientUID": other}, {"PatientUID": 1}
+                )
                 found.append((level, uid, owner))
             return found
 
         for level, uid, owner in self._run(work):
             if owner is not None and owner.get("PatientUID") != inp.patient_uid:
-                raise PatientConflictError(level, uid, str(owner.get("PatientUID")), inp.patient_uid)
+                raise PatientConflictError(
+                    level, uid, str(owner.get("PatientUID")), inp.patient_uid
+                )
 
     def _file_records(self, inp: InstanceInput, peer: Any, file_id: str) -> Any:
         """Add the instance to its series, the series to its study, the study to its

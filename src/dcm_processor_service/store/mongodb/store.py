@@ -8,7 +8,9 @@ from typing import Any
 
 import pymongo.errors
 
+from ..garbage import GarbageReport
 from .dicom_index import DicomIndex
+from .garbage import DEFAULT_MIN_AGE_S, collect_stray_chunks
 from .grid import GridBucket
 from .layout import LEGACY_UNIQUE_INDEXES, SCHEMA_VERSION, IndexSpec, index_plan
 from .url import EXCLUSIVE
@@ -60,6 +62,21 @@ class MongoStore(DicomIndex):
     def blobs(self) -> GridBucket:
         """The session-file bucket (the blob store of session files)."""
         return self.files
+
+    def collect_garbage(
+        self, *, dry_run: bool = False, min_age_s: float | None = None
+    ) -> GarbageReport:
+        """Remove the GridFS chunks of uploads that died (see :mod:`.garbage`)."""
+        report = GarbageReport(self.describe(), dry_run=dry_run)
+        age = DEFAULT_MIN_AGE_S if min_age_s is None else min_age_s
+        self._run(
+            lambda db: collect_stray_chunks(
+                db, ("sessionfiles", "dicomfiles"), report, dry_run=dry_run, min_age_s=age
+            ),
+            retry=False,
+        )
+        logger.info("%s", report.summary())
+        return report
 
     def migration_plan(self) -> list[MigrationStep]:
         """What :meth:`migrate` would change now, changing nothing.
