@@ -70,6 +70,13 @@ def test_other_job_of_same_event_reads_by_job_name(job) -> None:
     assert dps.get_session_data("count", job_name="beta") == 8
 
 
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("value", "match"),
     [
@@ -78,7 +85,9 @@ def test_other_job_of_same_event_reads_by_job_name(job) -> None:
         (math.nan, "not JSON"),
         ({1j: 2}, "not JSON"),
         ({"s": {1, 2}}, "not JSON"),
+        (_nested(100_000), "nested too deeply"),
     ],
+    ids=["object", "bytes", "nan", "complex-key", "set", "100k-deep"],
 )
 def test_non_json_values_are_rejected(job, value, match) -> None:
     with pytest.raises(InvalidInputError, match=match):
@@ -95,6 +104,13 @@ def test_non_json_values_are_rejected(job, value, match) -> None:
         ("..", "'\\.\\.'"),
         ("..hidden", "'\\.\\.'"),
         ("nul\x00byte", "control"),
+        ("report\u202efdp.exe", "U\\+202E RIGHT-TO-LEFT OVERRIDE at position 6"),
+        ("\u202dreport.pdf", "U\\+202D LEFT-TO-RIGHT OVERRIDE"),
+        ("a\u2067b", "U\\+2067 RIGHT-TO-LEFT ISOLATE"),
+        ("zero\u200bwidth", "U\\+200B ZERO WIDTH SPACE"),
+        ("\ufeffbom", "U\\+FEFF"),
+        ("c1\x85control", "U\\+0085"),
+        ("line\u2028sep", "U\\+2028 LINE SEPARATOR"),
         ("", "empty"),
         ("x" * 256, "255"),
         (42, "must be a str"),
@@ -107,6 +123,28 @@ def test_bad_names_are_rejected(job, name, match) -> None:
         dps.upload_session_file(b"x", name)
     with pytest.raises(InvalidInputError, match=match):
         dps.get_session_data("ok", job_name=name)
+
+
+def test_names_in_any_script_are_accepted(job) -> None:
+    for name in ("résumé.pdf", "Ärztebrief", "報告書.txt", "تقرير", "mask 1 (final).nii.gz"):
+        dps.set_session_data(name, name)
+        assert dps.get_session_data(name) == name
+
+
+@pytest.mark.parametrize("blank", ["   ", "\t", " \n "])
+def test_blank_ids_are_rejected(store_url, blank: str) -> None:
+    with dps.open_store(*store_url) as store:
+        with pytest.raises(InvalidInputError, match="session_id .* blank"):
+            store.ensure_session(blank)
+        assert store.list_sessions() == []
+    provider, url, name = store_url
+    for field, variable in (("session_id", "SESSION-ID"), ("job_id", "JOB-ID")):
+        ids = {"session_id": "s", "job_id": "j", field: blank}
+        with (
+            use_context(db_provider=provider, db_url=url, db_name=name, **ids),
+            pytest.raises(InvalidInputError, match=f"DCM-PROCESSOR-SERVICE-{variable}.*blank"),
+        ):
+            dps.set_session_data("k", 1)
 
 
 def test_missing_context_names_the_variable(store_url) -> None:

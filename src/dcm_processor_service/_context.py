@@ -104,10 +104,14 @@ class RuntimeContext:
 
     def require(self, field: str) -> str:
         """Return ``field``'s value or raise :class:`MissingContextError` naming its
-        environment variable."""
+        environment variable (:class:`InvalidInputError` when it is only blanks)."""
         value = getattr(self, field)
         if value is None:
             raise MissingContextError(env_variable_name(field))
+        if not str(value).strip():
+            raise InvalidInputError(
+                f"invalid value {value!r} for '{env_variable_name(field)}' - must not be blank"
+            )
         return str(value)
 
     def replace(self, **changes: str | None) -> RuntimeContext:

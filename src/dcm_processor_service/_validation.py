@@ -7,13 +7,36 @@ the public API can both use it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Final
 
 from ._errors import InvalidInputError
 
-__all__ = ["MAX_NAME_LENGTH", "validate_ae_title", "validate_name", "validate_port"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "validate_ae_title",
+    "validate_id",
+    "validate_name",
+    "validate_port",
+]
 
 MAX_NAME_LENGTH: Final = 255
+
+#: Unicode categories never allowed in a name or id: controls (C0, DEL, C1), invisible
+#: formatting characters (bidirectional overrides such as U+202E RIGHT-TO-LEFT OVERRIDE,
+#: which make "report\u202Efdp.exe" display as "reportexe.pdf"; zero-width characters;
+#: the BOM), line/paragraph separators, and lone surrogates (not storable as UTF-8).
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def _hidden_character(value: str) -> str | None:
+    """A description of the first control or invisible character of ``value``, if any."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _HIDDEN_CATEGORIES:
+            name = unicodedata.name(char, "control character")
+            return f"U+{ord(char):04X} {name} at position {position}"
+    return None
+
 
 # AE titles: the Default Character Repertoire without backslash and control characters
 # (PS3.5 6.2, VR "AE"); leading/trailing spaces are not significant.
@@ -25,7 +48,9 @@ def validate_name(value: object, what: str = "name") -> str:
 
     A name is stored as a key and may become part of a file name when exported, so it
     must be non-empty, at most 255 characters, and contain no path separator, no
-    ``..`` component, no NUL or other control character.
+    ``..`` component, no NUL or other control character, and no invisible formatting
+    character (bidirectional overrides, zero-width characters: they make a name display
+    as something it is not).
     """
     if not isinstance(value, str):
         raise InvalidInputError(
@@ -42,9 +67,33 @@ def validate_name(value: object, what: str = "name") -> str:
         raise InvalidInputError(f"invalid {what} {value!r} - must not contain a path separator")
     if value in (".", "..") or value.startswith(".."):
         raise InvalidInputError(f"invalid {what} {value!r} - must not be or start with '..'")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    hidden = _hidden_character(value)
+    if hidden:
         raise InvalidInputError(
-            f"invalid {what} {value!r} - must not contain NUL or control characters"
+            f"invalid {what} {value!r} - must not contain NUL, control or invisible "
+            f"formatting characters (found {hidden})"
+        )
+    return value
+
+
+def validate_id(value: object, what: str) -> str:
+    """Check a record id given by a caller (a session or job id) and return it: a str,
+    not blank, at most 255 characters, without control or invisible characters."""
+    if not isinstance(value, str):
+        raise InvalidInputError(
+            f"invalid {what} {value!r} - must be a str, got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise InvalidInputError(f"invalid {what} {value!r} - must not be empty or blank")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidInputError(
+            f"invalid {what} {value[:40]!r}... - must not exceed {MAX_NAME_LENGTH} characters"
+        )
+    hidden = _hidden_character(value)
+    if hidden:
+        raise InvalidInputError(
+            f"invalid {what} {value!r} - must not contain control or invisible characters "
+            f"(found {hidden})"
         )
     return value
 

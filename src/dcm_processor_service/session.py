@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from ._atomic_file import atomic_write, check_name_fits
 from ._context import RuntimeContext, current_context
-from ._errors import InvalidInputError, NotFoundError
+from ._errors import InvalidInputError, NotFoundError, StorageError
 from ._runtime import store_for
 from ._validation import validate_name
 from .store.base import JobRef, Store
@@ -56,6 +56,22 @@ def _to_json(value: Any, what: str) -> str:
             f"{what} is not JSON-serialisable ({exc}) - store dicts, lists, str, int, float "
             "(finite), bool or None; put binary data in a session file"
         ) from exc
+    except RecursionError:
+        raise InvalidInputError(
+            f"{what} is nested too deeply to store (lists/dicts inside each other, deeper "
+            "than Python's recursion limit of about 1000 levels) - flatten it, or put it "
+            "in a session file"
+        ) from None
+
+
+def _from_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise StorageError(
+            f"stored {what} is nested too deeply to decode (deeper than Python's recursion "
+            "limit) - it was written by another program"
+        ) from None
 
 
 class JobSession:
@@ -105,7 +121,7 @@ class JobSession:
         """The value stored under ``name`` (by this job or by ``job_name``), or ``default``."""
         validate_name(name, "session data name")
         text = self.store.get_data(self._ref(job_name), name)
-        return default if text is None else json.loads(text)
+        return default if text is None else _from_json(text, f"session data {name!r}")
 
     def has_data(self, name: str, job_name: str | None = None) -> bool:
         """Whether a value is stored under ``name``."""
@@ -121,7 +137,7 @@ class JobSession:
         """Every value of the session: job_name, event, name, value."""
         return [
             {k: row[k] for k in ("job_id", "job_name", "event", "name")}
-            | {"value": json.loads(row["value_json"])}
+            | {"value": _from_json(row["value_json"], f"session data {row['name']!r}")}
             for row in self.store.list_data(self.ctx.require("session_id"))
         ]
 

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
 
 from .._errors import NotFoundError, PatientConflictError, StorageError
+from .._validation import validate_id
 from .base import JobRef, Store
 from .blobs import BlobInfo, BlobStore, DirectoryBlobStore
 from .garbage import GarbageReport
@@ -321,7 +322,7 @@ class SQLStore(Store):
         patient_uid: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> SessionRecord:
-        sid = session_id or _new_id()
+        sid = _new_id() if session_id is None else validate_id(session_id, "session_id")
         now = _now()
 
         def work(tx: Tx) -> SessionRecord:

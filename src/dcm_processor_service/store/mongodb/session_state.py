@@ -34,6 +34,7 @@ import pymongo
 from bson import ObjectId
 
 from ..._errors import ConflictError, InvalidInputError, NotFoundError, StorageError
+from ..._validation import validate_id
 from ..base import JobRef
 from ..blobs import BlobInfo
 from ..records import FileRecord, JobRecord, Peer, SessionRecord, utcnow
@@ -201,6 +202,7 @@ class SessionState(MongoConnection):
         meta: dict[str, Any] | None = None,
     ) -> SessionRecord:
         if session_id is not None:
+            validate_id(session_id, "session_id")
             existing = self._find_session(session_id)
             if existing is not None:
                 return self._session(existing)
