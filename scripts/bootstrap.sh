@@ -17,7 +17,7 @@ if [ "$want_system" = 1 ]; then
   [ -x /usr/sbin/Orthanc ] || missing+=(orthanc orthanc-dicomweb)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null || missing+=(openssl)
-  command -v runuser >/dev/null || missing+=(util-linux)
+  { command -v runuser && command -v setpriv; } >/dev/null || missing+=(util-linux)
   # libmagic: the platform's own packages (tests run services through them) need it
   ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || missing+=(libmagic1)
   if [ ${#missing[@]} -gt 0 ]; then

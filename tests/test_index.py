@@ -53,6 +53,8 @@ from support.dicomdata import (
     test_file,
     write_ct_series,
 )
+from support.stores import requires_shared_server
+from support.unprivileged import run_unprivileged
 
 CT5N = "dicomdirtests/98892001/CT5N"
 MR2 = "dicomdirtests/98892003/MR2"
@@ -231,14 +233,31 @@ def test_bad_files_are_reported_and_good_files_stored(store: Store, tmp_path: Pa
     assert "12 instance(s) in 4 series; 9 failed; 1 skipped" in report.summary()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_is_reported(store: Store, tmp_path: Path) -> None:
+def test_unreadable_file_is_reported(store_url: tuple[str, str, str], tmp_path: Path) -> None:
+    # in a child process that cannot ignore file modes (root can: the test drops that)
+    requires_shared_server(store_url[0])
     folder = copy_series(CT5N, tmp_path / "in")
     locked = files_in(folder)[0]
     locked.chmod(0)
-    report = ingest(folder, store=store)
-    assert reasons(report.failed) == {locked.name: "permission denied"}
-    assert report.n_stored == 4
+    result = run_unprivileged(
+        """
+        import json
+        from dcm_processor_service.dicom.index import ingest
+        from dcm_processor_service.store import open_store
+        with open_store(*sys.argv[2:5]) as store:
+            report = ingest(sys.argv[1], store=store)
+            stored = [i["SOPInstanceUID"] for s in store.list_series()
+                      for i in store.list_instances(s["_id"])]
+        print(json.dumps({"failed": report.failed, "stored": stored}))
+        """,
+        str(folder),
+        *store_url,
+    )
+    assert reasons(result["failed"]) == {locked.name: "permission denied"}
+    readable = {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files_in(folder)[1:]
+    }
+    assert set(result["stored"]) == readable
 
 
 def test_invalid_sources_raise_before_anything_is_stored(store: Store, tmp_path: Path) -> None:

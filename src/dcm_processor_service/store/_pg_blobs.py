@@ -55,6 +55,7 @@ from typing import Any, BinaryIO, TypeVar
 import psycopg
 
 from .._errors import InvalidInputError, NotFoundError, StorageError, StoreUnavailableError
+from .._safe_text import mask_secrets
 from ._sql import Tx
 from .base import CHUNK_SIZE
 from .blobs import BlobInfo, BlobStore, VerifyingReader
@@ -134,7 +135,8 @@ class WriterLeases:
                     self._drop()  # the connection broke: reconnect once
                     if attempt == 2:
                         raise StoreUnavailableError(
-                            f"cannot take the lease of a new blob: {type(exc).__name__}: {exc}"
+                            "cannot take the lease of a new blob: "
+                            f"{type(exc).__name__}: {mask_secrets(str(exc))}"
                         ) from exc
 
     def release(self, key: str) -> None:
@@ -381,7 +383,8 @@ class PostgresBlobStore(BlobStore):
                     conn.execute("DELETE FROM blobs WHERE key = ANY(%s)", (gone,))
         except psycopg.Error as exc:
             raise StorageError(
-                f"{self._describe()}: garbage collection failed: {type(exc).__name__}: {exc}"
+                f"{self._describe()}: garbage collection failed: {type(exc).__name__}: "
+                f"{mask_secrets(str(exc))}"
             ) from exc
         finally:
             conn.close()
