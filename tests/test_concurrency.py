@@ -16,7 +16,7 @@ import pytest
 
 import dcm_processor_service as dps
 from dcm_processor_service import RuntimeContext, use_context
-from support.stores import requires_shared_server
+from support.stores import job_context, requires_shared_server
 
 WRITERS = 8
 WRITES = 500
@@ -33,16 +33,7 @@ def _writer(ctx: RuntimeContext, worker: int, errors: mp.Queue) -> None:  # runs
 
 
 def _ctx(store_url: tuple[str, str, str]) -> RuntimeContext:
-    provider, url, name = store_url
-    return RuntimeContext(
-        db_provider=provider,
-        db_url=url,
-        db_name=name,
-        session_id="busy-session",
-        job_event="stable-series",
-        job_id="reader",
-        job_name="reader",
-    )
+    return job_context(store_url, "busy-session", "reader")
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from dcm_processor_service import RuntimeContext, use_context
 from dcm_processor_service.cli import main
 from dcm_processor_service.store import JobRef, Store, open_store
 from dcm_processor_service.store.sqlite import sqlite_path
-from support.stores import requires_shared_server
+from support.stores import job_context, requires_shared_server
 
 MIB = 1024 * 1024
 SIZE = 16 * MIB
@@ -65,16 +65,7 @@ WRITER = textwrap.dedent(
 
 
 def _ctx(store_url: tuple[str, str, str]) -> RuntimeContext:
-    provider, url, name = store_url
-    return RuntimeContext(
-        db_provider=provider,
-        db_url=url,
-        db_name=name,
-        session_id="gc-session",
-        job_event="stable-series",
-        job_id="writer",
-        job_name="writer",
-    )
+    return job_context(store_url, "gc-session", "writer")
 
 
 class Writer:

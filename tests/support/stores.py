@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dcm_processor_service import RuntimeContext
 from dcm_processor_service.store import InstanceInput
 
 #: Providers of the contract suite (``pytest -k sqlite`` selects one).
@@ -90,4 +91,21 @@ def instance_input(
         modality=modality,
         peer_id=peer_id,
         session_id=session_id,
+    )
+
+
+def job_context(
+    store_url: tuple[str, str, str], session_id: str, job: str, event: str = "stable-series"
+) -> RuntimeContext:
+    """The runtime context of job ``job`` (its id and name) of ``session_id`` on the
+    store ``store_url`` = (provider, url, name)."""
+    provider, url, name = store_url
+    return RuntimeContext(
+        db_provider=provider,
+        db_url=url,
+        db_name=name,
+        session_id=session_id,
+        job_event=event,
+        job_id=job,
+        job_name=job,
     )
