@@ -340,7 +340,7 @@ class PostgresBlobStore(BlobStore):
         """Remove incomplete blobs, complete blobs no record points at and chunks
         without a blob row - each only when its lease can be taken, i.e. its writer is
         gone (see the module docs). ``incomplete_only``: the cheap part (a partial
-        index), run when a process first opens the store. ``referenced`` is not needed:
+        index), run on a store object's first write. ``referenced`` is not needed:
         the tables that hold blob keys are joined in SQL."""
         unreferenced = " AND ".join(
             f"NOT EXISTS (SELECT 1 FROM {table} r WHERE r.{column} = b.key)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -253,18 +254,19 @@ class SQLStore(Store):
 
     def _referenced_keys(self, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` that a session file or an instance points at (now)."""
+
+        def referenced(tx: Tx, batch: list[str]) -> list[dict[str, Any]]:
+            marks = ", ".join("?" for _ in batch)
+            return tx.query(
+                f"SELECT blob_key FROM session_files WHERE blob_key IN ({marks})"
+                f" UNION SELECT blob_key FROM instances WHERE blob_key IN ({marks})",
+                [*batch, *batch],
+            )
+
         found: set[str] = set()
         for start in range(0, len(keys), 400):
             batch = list(keys[start : start + 400])
-            marks = ", ".join("?" for _ in batch)
-            rows = self._run(
-                lambda tx, batch=batch, marks=marks: tx.query(  # type: ignore[misc]
-                    f"SELECT blob_key FROM session_files WHERE blob_key IN ({marks})"
-                    f" UNION SELECT blob_key FROM instances WHERE blob_key IN ({marks})",
-                    [*batch, *batch],
-                ),
-                write=False,
-            )
+            rows = self._run(functools.partial(referenced, batch=batch), write=False)
             found.update(r["blob_key"] for r in rows)
         return found
 
@@ -629,9 +631,9 @@ class SQLStore(Store):
             )
             return self._file(row), (old["blob_key"] if old else None)  # type: ignore[arg-type]
 
-        return self._file_blob(source, work)
+        return self._put_with_blob(source, work)
 
-    def _file_blob(
+    def _put_with_blob(
         self, source: BinaryIO, work: Callable[[Tx, BlobInfo], tuple[T, str | None]]
     ) -> T:
         """Write ``source`` as a new blob, then run ``work`` - which points a record at it
@@ -897,7 +899,7 @@ class SQLStore(Store):
             row = tx.one("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
             return self._instance(row, inp.series_instance_uid), (old["blob_key"] if old else None)  # type: ignore[arg-type]
 
-        return self._file_blob(source, work)
+        return self._put_with_blob(source, work)
 
     @staticmethod
     def _refuse_other_patient(tx: Tx, inp: InstanceInput) -> None:

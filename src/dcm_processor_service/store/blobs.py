@@ -25,6 +25,7 @@ import abc
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import logging
@@ -386,13 +387,17 @@ class DirectoryBlobStore(BlobStore):
                 UNREFERENCED,
                 report,
                 dry_run,
-                still_garbage=lambda key=key: not referenced([key]),  # type: ignore[misc]
+                still_garbage=functools.partial(_unreferenced, referenced, key),
             )
 
 
 #: kinds of :class:`GarbageReport` items
 PARTIAL = "partial files"
 UNREFERENCED = "unreferenced blobs"
+
+
+def _unreferenced(referenced: ReferencedKeys, key: str) -> bool:
+    return not referenced([key])
 
 
 def _remove_unheld(
