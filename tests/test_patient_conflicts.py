@@ -27,11 +27,13 @@ from dcm_processor_service import ConflictError, PatientConflictError
 from dcm_processor_service.cli import main
 from dcm_processor_service.dicom.index import IngestConflict, ingest
 from dcm_processor_service.store import Store, open_store
-from support.dicomdata import files_in, sha256_file, test_file
+from support.dicomdata import files_in, platform_patient_uid, sha256_file, test_file
 from support.services import write_service
 from support.stores import requires_shared_server
 
 CT5N = "dicomdirtests/98892001/CT5N"
+DOE = platform_patient_uid("98890234")  # the PatientUID of CT5N's patient
+OTHER = platform_patient_uid("OTHER-42")
 
 
 def retag(path: Path, **tags: Any) -> None:
@@ -77,18 +79,19 @@ def test_other_patient_in_a_series_is_refused_and_the_first_one_kept(
     assert {Path(p) for p, _ in report.conflicts} == set(intruders)
     assert all(isinstance(f, IngestConflict) for f in report.failed)
     for _, reason in report.conflicts:
-        assert "pid:98890234" in reason and "pid:OTHER-42" in reason
-        assert series_uid in reason or "study" in reason
+        assert f"PatientID '98890234', PatientName 'Doe^Peter', PatientSex 'M' (PatientUID {DOE})" in reason
+        assert f"PatientID 'OTHER-42', PatientName 'Roe^Rick', PatientSex 'M' (PatientUID {OTHER})" in reason
+        assert f"series {series_uid}" in reason
     assert "2 patient conflict(s)" in report.summary()
     # one series, one patient: the records and the stored bytes agree
     (series,) = store.list_series()
-    assert series["PatientUID"] == "pid:98890234"
+    assert series["PatientUID"] == DOE
     assert series["Metadata"]["PatientID"] == "98890234"
     assert series["Metadata"]["PatientName"] == "Doe^Peter"
     assert patient_ids_in_series(store, series["_id"]) == ["98890234"] * 3
     # no empty record of the refused patient
-    assert [p["PatientUID"] for p in store.list_patients()] == ["pid:98890234"]
-    assert [s["PatientUID"] for s in store.list_studies()] == ["pid:98890234"]
+    assert [p["PatientUID"] for p in store.list_patients()] == [DOE]
+    assert [s["PatientUID"] for s in store.list_studies()] == [DOE]
 
 
 def test_study_reused_for_another_patient_is_refused(store: Store, tmp_path: Path) -> None:
@@ -102,9 +105,9 @@ def test_study_reused_for_another_patient_is_refused(store: Store, tmp_path: Pat
     ((path, reason),) = report.conflicts
     assert Path(path) == files[4]
     assert f"study {study_uid}" in reason
-    assert "pid:98890234" in reason and "pid:OTHER-42" in reason
+    assert "PatientID '98890234'" in reason and "PatientID 'OTHER-42'" in reason
     assert len(store.list_series()) == 1
-    assert [p["PatientUID"] for p in store.list_patients()] == ["pid:98890234"]
+    assert [p["PatientUID"] for p in store.list_patients()] == [DOE]
 
 
 def test_reingest_that_would_move_an_instance_to_another_patient_is_refused(
@@ -126,7 +129,7 @@ def test_reingest_that_would_move_an_instance_to_another_patient_is_refused(
 
     ((_, reason),) = report.conflicts
     assert f"SOPInstanceUID {sop_uid}" in reason
-    assert "pid:98890234" in reason and "pid:OTHER-42" in reason
+    assert "PatientID '98890234'" in reason and "PatientID 'OTHER-42'" in reason
     # the instance already stored stays untouched: same bytes, same series
     record = store.get_instance(sop_uid)
     assert record["SHA256"] == original
@@ -169,25 +172,31 @@ def test_every_part_of_the_patient_identity_counts(
     assert len(store.list_patients()) == 1
 
 
-def test_same_patient_written_differently_is_not_a_conflict(store: Store, tmp_path: Path) -> None:
+def test_same_patient_id_with_other_demographics_is_not_a_conflict(
+    store: Store, tmp_path: Path
+) -> None:
+    # the PatientID is the key when it is set: a corrected name or birth date in a
+    # resend is the same patient
     files = ct5n(tmp_path / "in")
-    for path in files:
-        retag(path, PatientID=None, PatientBirthDate="19600101")
-    retag(files[4], PatientName="Doe^Peter^^")  # trailing empty components: same name
+    retag(files[4], PatientName="Doe^Peter^Jr", PatientBirthDate="19600101")
     report = ingest(files, store=store)
     assert report.ok and report.n_stored == 5
+    assert [p["PatientUID"] for p in store.list_patients()] == [DOE]
 
 
 def test_store_raises_the_conflict_error_naming_both_patients(store: Store) -> None:
     from support.stores import instance_input
 
-    store.put_instance(instance_input("1.2.3.1.1", patient="pid:A"), _source())
+    store.put_instance(instance_input("1.2.3.1.1", patient="A"), _source())
     with pytest.raises(PatientConflictError) as caught:
-        store.put_instance(instance_input("1.2.3.1.2", patient="pid:B"), _source())
+        store.put_instance(instance_input("1.2.3.1.2", patient="B"), _source())
     error = caught.value
     assert isinstance(error, ConflictError)
     assert (error.level, error.uid) in {("series", "1.2.3.1"), ("study", "1.2.3")}
-    assert (error.stored_patient, error.new_patient) == ("pid:A", "pid:B")
+    assert (error.stored_patient, error.new_patient) == ("A", "B")
+    assert error.stored_identity == "PatientID 'A', PatientName 'Doe^J'"
+    assert error.new_identity == "PatientID 'B', PatientName 'Doe^J'"
+    assert "PatientID 'A', PatientName 'Doe^J' (PatientUID A)" in str(error)
     assert [i["SOPInstanceUID"] for i in store.list_instances("1.2.3.1")] == ["1.2.3.1.1"]
 
 
@@ -210,12 +219,12 @@ def test_cli_ingest_reports_the_conflict_and_exits_non_zero(
     assert code == 1
     assert result["stored"] == 4
     ((conflict),) = result["conflicts"]
-    assert conflict["path"] == str(files[4]) and "pid:OTHER-42" in conflict["reason"]
+    assert conflict["path"] == str(files[4]) and "PatientID 'OTHER-42'" in conflict["reason"]
     assert [f["path"] for f in result["failed"]] == [str(files[4])]
 
     assert main(["ingest", str(files[4]), *store_args]) == 2  # nothing stored at all
     err = capsys.readouterr().err
-    assert "patient conflict" in err and "pid:OTHER-42" in err and "pid:98890234" in err
+    assert "patient conflict" in err and OTHER in err and DOE in err
 
 
 def test_run_with_a_patient_conflict_exits_non_zero(
@@ -235,7 +244,7 @@ def test_run_with_a_patient_conflict_exits_non_zero(
 
     assert code == 1 and report["exit_code"] == 1 and not report["ok"]
     ((conflict),) = report["patient_conflicts"]
-    assert conflict["path"] == str(files[4]) and "pid:98890234" in conflict["reason"]
+    assert conflict["path"] == str(files[4]) and "PatientID '98890234'" in conflict["reason"]
     # the good files still ran: one session of the first patient, its jobs succeeded
     assert report["stored"] == 4
     (ran,) = [s for s in report["sessions"] if s["stored"]]
@@ -314,12 +323,12 @@ def test_two_processes_racing_two_patients_never_share_a_series(
             in_bytes = patient_ids_in_series(store, series["_id"])
             assert len(in_bytes) == PER_SERIES
             assert set(in_bytes) == {series["Metadata"]["PatientID"]}, series["SeriesInstanceUID"]
-            assert series["PatientUID"] == f"pid:{in_bytes[0]}"
+            assert series["PatientUID"] == platform_patient_uid(in_bytes[0])
             assert store.get_study(series["StudyInstanceUID"])["PatientUID"] == series["PatientUID"]
             owners[in_bytes[0]] += 1
         # every patient record has studies (no empty record left by a refused file)
         patients = store.list_patients()
         assert all(p["Studies"] for p in patients)
-        assert {p["PatientUID"] for p in patients} == {f"pid:{o}" for o in owners}
+        assert {p["PatientUID"] for p in patients} == {platform_patient_uid(o) for o in owners}
     finally:
         store.close()

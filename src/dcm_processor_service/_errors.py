@@ -125,24 +125,49 @@ class PatientConflictError(ConflictError):
     (a job would receive another patient's images), and a stored instance is never moved
     to another patient by a re-ingest. ``level`` is ``"instance"``, ``"series"`` or
     ``"study"``; ``uid`` the shared UID; ``stored_patient`` and ``new_patient`` the two
-    patient keys (``PatientUID``).
+    ``PatientUID``s; ``stored_identity`` and ``new_identity`` their identifying tags
+    (``PatientID '123', PatientName 'Doe^Jane'``), which the message shows.
     """
 
-    def __init__(self, level: str, uid: str, stored_patient: str, new_patient: str) -> None:
+    def __init__(
+        self,
+        level: str,
+        uid: str,
+        stored_patient: str,
+        new_patient: str,
+        stored_identity: str = "",
+        new_identity: str = "",
+    ) -> None:
         self.level = level
         self.uid = uid
         self.stored_patient = stored_patient
         self.new_patient = new_patient
+        self.stored_identity = stored_identity
+        self.new_identity = new_identity
         what = "SOPInstanceUID" if level == "instance" else level
         super().__init__(
             f"patient conflict: {what} {uid} is already filed under patient "
-            f"{stored_patient!r}, this instance belongs to patient {new_patient!r} - refused "
-            "(two patients are never merged); correct the patient tags or the UIDs of the "
-            "file and ingest it again"
+            f"{_patient(stored_identity, stored_patient)}, this instance belongs to patient "
+            f"{_patient(new_identity, new_patient)} - refused (two patients are never "
+            "merged); correct the patient tags or the UIDs of the file and ingest it again"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
-        return (type(self), (self.level, self.uid, self.stored_patient, self.new_patient))
+        return (
+            type(self),
+            (
+                self.level,
+                self.uid,
+                self.stored_patient,
+                self.new_patient,
+                self.stored_identity,
+                self.new_identity,
+            ),
+        )
+
+
+def _patient(identity: str, patient_uid: str) -> str:
+    return f"{identity} (PatientUID {patient_uid})" if identity else f"PatientUID {patient_uid}"
 
 
 class IntegrityError(StorageError):

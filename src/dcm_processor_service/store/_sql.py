@@ -30,7 +30,7 @@ from .._validation import validate_id
 from .base import JobRef, Store
 from .blobs import BlobInfo, BlobStore, DirectoryBlobStore
 from .garbage import GarbageReport
-from .record_values import patient_uid, platform_metadata
+from .record_values import patient_identity, patient_uid, platform_metadata
 from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord, utcnow
 
 __all__ = ["SCHEMA", "SQLStore", "Tx"]
@@ -912,11 +912,12 @@ class SQLStore(Store):
         ``INSERT ... ON CONFLICT`` fail with a serialization error, and the retry sees
         the winner here."""
         rows = tx.query(
-            "SELECT 1 AS rank, p.patient_uid FROM instances i JOIN series s ON s.id = i.series_id"
+            "SELECT 1 AS rank, p.patient_uid, p.meta FROM instances i"
+            " JOIN series s ON s.id = i.series_id"
             " JOIN patients p ON p.id = s.patient_id WHERE i.sop_uid = ?"
-            " UNION ALL SELECT 2 AS rank, p.patient_uid FROM series s"
+            " UNION ALL SELECT 2 AS rank, p.patient_uid, p.meta FROM series s"
             " JOIN patients p ON p.id = s.patient_id WHERE s.series_uid = ?"
-            " UNION ALL SELECT 3 AS rank, p.patient_uid FROM studies st"
+            " UNION ALL SELECT 3 AS rank, p.patient_uid, p.meta FROM studies st"
             " JOIN patients p ON p.id = st.patient_id WHERE st.study_uid = ?",
             (inp.sop_instance_uid, inp.series_instance_uid, inp.study_instance_uid),
         )
@@ -928,7 +929,14 @@ class SQLStore(Store):
         for row in sorted(rows, key=lambda r: int(r["rank"])):
             if row["patient_uid"] != inp.patient_uid:
                 level, uid = levels[int(row["rank"])]
-                raise PatientConflictError(level, uid, row["patient_uid"], inp.patient_uid)
+                raise PatientConflictError(
+                    level,
+                    uid,
+                    row["patient_uid"],
+                    inp.patient_uid,
+                    patient_identity(json.loads(row["meta"])),
+                    patient_identity(inp.patient_meta),
+                )
 
     @staticmethod
     def _instance(row: dict[str, Any], series_uid: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["parse_patient_age", "patient_uid", "platform_metadata"]
+__all__ = ["parse_patient_age", "patient_identity", "patient_uid", "platform_metadata"]
 
 _AGE_RE: Final = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER: Final = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
@@ -87,6 +87,22 @@ def patient_uid(meta: Mapping[str, Any]) -> str:
         else:
             key = _text(meta, "StudyInstanceUID") or ""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+_IDENTITY: Final = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+)
+
+
+def patient_identity(meta: Mapping[str, Any]) -> str:
+    """The identifying tags of a patient's ``Metadata`` for a message, e.g.
+    ``PatientID '123', PatientName 'Doe^Jane'`` (the ``PatientUID`` is a hash)."""
+    parts = [f"{k} {str(meta[k]).strip()!r}" for k in _IDENTITY if meta.get(k) not in (None, "")]
+    return ", ".join(parts) or "no identifying tags"
 
 
 def platform_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:

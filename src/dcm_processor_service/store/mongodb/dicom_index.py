@@ -38,6 +38,7 @@ from bson import ObjectId
 from ..._errors import NotFoundError, PatientConflictError
 from .._sql import _instance_order
 from ..blobs import BlobInfo
+from ..record_values import patient_identity
 from ..records import InstanceInput
 from .grid import GridBucket, blob_key, recorded_checksum, unique_filename
 from .layout import EXTRA, ORIGIN, aware, id_values, iso, now, oid, plain
@@ -127,26 +128,31 @@ class DicomIndex(SessionState):
         A check before filing: without multi-document transactions two processes racing
         with the first files of one series could still both pass it."""
         other = {"$ne": inp.patient_uid}
+        fields = {"PatientUID": 1, "Metadata": 1}
 
         def work(db: Any) -> list[tuple[str, str, Any]]:
             found = []
             if previous_file is not None:
-                owner = db.series.find_one({"Instances": str(previous_file)}, {"PatientUID": 1})
+                owner = db.series.find_one({"Instances": str(previous_file)}, fields)
                 found.append(("instance", inp.sop_instance_uid, owner))
             for level, collection, field, uid in (
                 ("series", "series", "SeriesInstanceUID", inp.series_instance_uid),
                 ("study", "studies", "StudyInstanceUID", inp.study_instance_uid),
             ):
-                owner = db[collection].find_one(
-                    {field: uid, "PatientUID": other}, {"PatientUID": 1}
+                found.append(
+                    (level, uid, db[collection].find_one({field: uid, "PatientUID": other}, fields))
                 )
-                found.append((level, uid, owner))
             return found
 
         for level, uid, owner in self._run(work):
             if owner is not None and owner.get("PatientUID") != inp.patient_uid:
                 raise PatientConflictError(
-                    level, uid, str(owner.get("PatientUID")), inp.patient_uid
+                    level,
+                    uid,
+                    str(owner.get("PatientUID")),
+                    inp.patient_uid,
+                    patient_identity(owner.get("Metadata") or {}),
+                    patient_identity(inp.patient_meta),
                 )
 
     def _file_records(self, inp: InstanceInput, peer: Any, file_id: str) -> Any:
