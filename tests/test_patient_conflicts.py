@@ -79,8 +79,14 @@ def test_other_patient_in_a_series_is_refused_and_the_first_one_kept(
     assert {Path(p) for p, _ in report.conflicts} == set(intruders)
     assert all(isinstance(f, IngestConflict) for f in report.failed)
     for _, reason in report.conflicts:
-        assert f"PatientID '98890234', PatientName 'Doe^Peter', PatientSex 'M' (PatientUID {DOE})" in reason
-        assert f"PatientID 'OTHER-42', PatientName 'Roe^Rick', PatientSex 'M' (PatientUID {OTHER})" in reason
+        assert (
+            f"PatientID '98890234', PatientName 'Doe^Peter', PatientSex 'M' (PatientUID {DOE})"
+            in reason
+        )
+        assert (
+            f"PatientID 'OTHER-42', PatientName 'Roe^Rick', PatientSex 'M' (PatientUID {OTHER})"
+            in reason
+        )
         assert f"series {series_uid}" in reason
     assert "2 patient conflict(s)" in report.summary()
     # one series, one patient: the records and the stored bytes agree
