@@ -130,14 +130,14 @@ def test_killed_upload_leaves_previous_version_intact(
 
 REPLACERS = 4
 READERS = 4
-DOWNLOADS = 60  # per reader
+DOWNLOADS = 80  # per reader
 
 
 def _version(writer: int, n: int) -> bytes:
     """Version ``n`` of writer ``writer``: a self-describing header, then 80 KiB or (every
-    third version) 1.5 MiB of bytes derived from it - one chunk or several."""
+    tenth version) 1.5 MiB of bytes derived from it - one chunk or several."""
     head = f"{writer}:{n}|".encode()
-    size = 3 * 512 * 1024 if n % 3 == 0 else 80 * 1024
+    size = 3 * 512 * 1024 if n % 10 == 0 else 80 * 1024
     return head + hashlib.sha256(head).digest() * (size // 32)
 
 

@@ -33,7 +33,7 @@ from dcm_processor_service import RuntimeContext, use_context
 from dcm_processor_service.cli import main
 from dcm_processor_service.store import JobRef, Store, open_store
 from dcm_processor_service.store.sqlite import sqlite_path
-from support.stores import job_context, requires_shared_server
+from support.stores import job_context, make_store, requires_shared_server
 
 MIB = 1024 * 1024
 SIZE = 16 * MIB
@@ -303,23 +303,31 @@ def test_gc_of_an_empty_or_tidy_store_removes_nothing(store: Store) -> None:
         assert reader.read() == b"kept, version 2"
 
 
-def test_mongodb_gc_removes_chunks_of_uploads_silent_for_min_age(tmp_path: Path) -> None:
+def test_mongodb_gc_removes_chunks_of_uploads_silent_for_min_age(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """mongomock (no MongoDB server can run here): GridFS chunks of an upload that never
-    wrote its files document - the trace of a killed writer."""
-    pytest.importorskip("mongomock", reason="the mongodb tests run on mongomock")
+    wrote its files document - the trace of a killed writer - and the chunks a
+    replacement journal names, which must stay."""
     from bson import ObjectId
 
-    from dcm_processor_service.store.mongodb import drop_mongomock_database
-
-    url, name = "mongomock://gc", "gc-test"
-    store = open_store("mongodb", url, name)
+    store = open_store(*make_store("mongodb", tmp_path, request))
     try:
         owner = JobRef("s", "j", "j", "stable-series")
         store.put_file(owner, "kept", io.BytesIO(b"complete file"), content_type="x")
+        db = store.database  # type: ignore[attr-defined]
         # what a writer killed mid-upload leaves: chunks, and no files document
-        written, files_id = 4 * 1024, ObjectId()
-        store.database["sessionfiles.chunks"].insert_many(  # type: ignore[attr-defined]
-            [{"files_id": files_id, "n": n, "data": b"y" * 1024} for n in range(4)]
+        written, killed = 4 * 1024, ObjectId()
+        db["sessionfiles.chunks"].insert_many(
+            [{"files_id": killed, "n": n, "data": b"y" * 1024} for n in range(4)]
+        )
+        # new content of a replacement in progress, named by the file's swap journal
+        kept = db["sessionfiles.files"].find_one({})
+        journaled = ObjectId()
+        db["sessionfiles.chunks"].insert_one({"files_id": journaled, "n": 0, "data": b"new"})
+        db["sessionfiles.files"].update_one(
+            {"_id": kept["_id"]},
+            {"$set": {"metadata.dcmProcessorService.swap": {"chunks": journaled}}},
         )
 
         young = store.collect_garbage()  # the writer was active less than an hour ago
@@ -329,9 +337,7 @@ def test_mongodb_gc_removes_chunks_of_uploads_silent_for_min_age(tmp_path: Path)
         done = store.collect_garbage(min_age_s=0)
         assert done.removed == {"stray chunks": 1} and done.bytes == written
         assert store.collect_garbage(min_age_s=0).items == 0
-        record = store.get_file(owner, "kept")
-        with store.open_file(record) as reader:  # type: ignore[arg-type]
-            assert reader.read() == b"complete file"
+        assert db["sessionfiles.chunks"].count_documents({"files_id": killed}) == 0
+        assert db["sessionfiles.chunks"].count_documents({"files_id": journaled}) == 1
     finally:
         store.close()
-        drop_mongomock_database(url, name)
