@@ -239,7 +239,7 @@ def test_run_with_a_patient_conflict_exits_non_zero(
     files = ct5n(tmp_path / "in")
     retag(files[4], PatientID="OTHER-42")
     service = write_service(
-        tmp_path / "svc", [{"jobName": "a", "workerEntry": "svc_workers.plain"}]
+        tmp_path / "svc", [{"jobName": "a", "workerEntry": "svc_workers.record"}]
     )
 
     capsys.readouterr()
