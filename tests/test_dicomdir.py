@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from dcm_processor_service.cli import main
 from dcm_processor_service.dicom.dicomdir import dicomdir_references
 from dcm_processor_service.dicom.index import ingest
-from dcm_processor_service.dicom.send import DicomSender
+from dcm_processor_service.net.sender import DicomSender
 from dcm_processor_service.runner.inputs import scan_inputs
 from dcm_processor_service.store import Store
 from support.dicomdata import files_in, test_file

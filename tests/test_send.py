@@ -33,7 +33,7 @@ from dcm_processor_service._errors import (
     PeerUnreachableError,
     StoreFailedError,
 )
-from dcm_processor_service.dicom.send import (
+from dcm_processor_service.net.sender import (
     DEFAULT_CALLING_AET,
     STATUS_IN_DOUBT,
     DicomSender,

@@ -24,8 +24,8 @@ from dcm_processor_service._errors import (
     NetworkError,
     TLSError,
 )
-from dcm_processor_service.dicom.send import DicomSender, Outcome
-from dcm_processor_service.dicom.tls import MINIMUM_TLS_VERSION, build_client_ssl_context
+from dcm_processor_service.net.sender import DicomSender, Outcome
+from dcm_processor_service.net.tls import MINIMUM_TLS_VERSION, build_client_ssl_context
 from dcm_processor_service.store.records import Peer
 from support.peers import (
     TEST_FILES,

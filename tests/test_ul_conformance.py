@@ -1,4 +1,4 @@
-"""Conformance of our DICOM upper layer (``dicom/_net_ul.py``, requestor side, PS3.8).
+"""Conformance of our DICOM upper layer (``net/``, requestor side, PS3.8).
 
 The peer is a real pynetdicom SCP on an ephemeral loopback port, told to misbehave
 (:class:`support.ul_peers.ScriptedSCP`). Where pynetdicom cannot be made to misbehave
@@ -31,7 +31,7 @@ from dcm_processor_service._errors import (
     AssociationRejectedError,
     PeerUnreachableError,
 )
-from dcm_processor_service.dicom._net_ul import (
+from dcm_processor_service.net.association import (
     Association,
     ProposedContext,
     State,
@@ -39,7 +39,7 @@ from dcm_processor_service.dicom._net_ul import (
     is_in_doubt,
     is_transient,
 )
-from dcm_processor_service.dicom.send import DicomSender, Outcome
+from dcm_processor_service.net.sender import DicomSender, Outcome
 from support.peers import TEST_FILES, copy_with_new_uid, make_text_sr
 from support.ul_peers import (
     A_RELEASE_RP,

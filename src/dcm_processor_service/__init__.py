@@ -100,10 +100,10 @@ _LAZY: dict[str, str] = {
     "MeasurementInfo": "dicom.sr",
     "segment_volumes": "dicom.sr",
     # sending
-    "DicomSender": "dicom.send",
-    "SendReport": "dicom.send",
-    "InstanceResult": "dicom.send",
-    "EchoResult": "dicom.send",
+    "DicomSender": "net.sender",
+    "SendReport": "net.sender",
+    "InstanceResult": "net.sender",
+    "EchoResult": "net.sender",
     # progress reporting from inside a job
     "report_progress": "progress",
     "heartbeat": "progress",

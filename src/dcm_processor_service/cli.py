@@ -1175,7 +1175,7 @@ def peers_remove(
 
 
 def _sender_for(peer: Any) -> Any:
-    from .dicom.send import DicomSender
+    from .net.sender import DicomSender
 
     return DicomSender.for_peer(peer)
 
@@ -1231,8 +1231,8 @@ def send(
     settings: _Settings,
 ) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
-    from .dicom.send import Outcome
     from .dicom.series import get_series_dicom
+    from .net.sender import Outcome
     from .runner.inputs import expand_inputs
 
     if not paths and not series_ids:

@@ -26,7 +26,7 @@ from .session import (
 )
 from .store.base import Store
 
-_LAZY = {"DicomSender": "dicom.send"}
+_LAZY = {"DicomSender": "net.sender"}
 
 __all__ = [
     *_LAZY,

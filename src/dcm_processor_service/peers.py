@@ -19,7 +19,7 @@ from .store.base import Store
 from .store.records import Peer
 
 if TYPE_CHECKING:
-    from .dicom.send import DicomSender
+    from .net.sender import DicomSender
 
 __all__ = ["add_peer", "get_dicom_sender", "get_peer", "list_peers", "remove_peer"]
 
@@ -111,7 +111,7 @@ def get_dicom_sender(
         return None
     peer = get_peer(peer_name, store=store)
     assert peer is not None  # a name, or the session's peer id
-    from .dicom.send import DicomSender  # imported late: pynetdicom is only needed here
+    from .net.sender import DicomSender  # imported late: pynetdicom is only needed here
 
     return DicomSender.for_peer(
         peer, additional_sops=additional_sops, additional_syntaxes=additional_syntaxes, **options

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .._lazy import lazy_attributes
 
 _LAZY = {
-    "DicomSender": "dicom.send",
+    "DicomSender": "net.sender",
     "generate_dicom_from_pdf": "_original",
     "make_pdf_dicom": "dicom.derived",
     "make_series_dicom": "dicom.derived",

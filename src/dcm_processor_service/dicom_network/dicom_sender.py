@@ -13,7 +13,7 @@ from typing import Final
 
 from .._lazy import lazy_attributes
 
-_LAZY = {"DicomSender": "dicom.send"}
+_LAZY = {"DicomSender": "net.sender"}
 
 __all__ = [
     *_LAZY,

@@ -35,7 +35,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ._net_ul import NegotiatedContext, ProposedContext
+from .association import NegotiatedContext, ProposedContext
 
 __all__ = [
     "MAX_CONTEXTS",

@@ -48,25 +48,7 @@ from pynetdicom.status import code_to_category
 from .._errors import InvalidInputError, NetworkError, StoreFailedError
 from .._validation import validate_ae_title, validate_port
 from ..store.records import Peer
-from ._net_contexts import (
-    STATUS_CANNOT_CONVERT,
-    STATUS_SOP_CLASS_NOT_SUPPORTED,
-    Route,
-    plan_contexts,
-    uid_name,
-)
-from ._net_contexts import (
-    choose_route as _choose_route,
-)
-from ._net_instances import (
-    DicomdirFile,
-    FilterCallback,
-    Instance,
-    SourceLike,
-    build_payload,
-    gather,
-)
-from ._net_ul import (
+from .association import (
     VERIFICATION_SOP_CLASS,
     Association,
     FileRegion,
@@ -76,6 +58,24 @@ from ._net_ul import (
     is_in_doubt,
     is_transient,
     status_dataset,
+)
+from .contexts import (
+    STATUS_CANNOT_CONVERT,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
+    Route,
+    plan_contexts,
+    uid_name,
+)
+from .contexts import (
+    choose_route as _choose_route,
+)
+from .instances import (
+    DicomdirFile,
+    FilterCallback,
+    Instance,
+    SourceLike,
+    build_payload,
+    gather,
 )
 from .tls import build_client_ssl_context
 
@@ -485,7 +485,7 @@ class DicomSender:
     at most ``backoff_max``), ``in_doubt_resends`` (how many times an instance whose
     C-STORE went out without a response is sent again; 0 = never, it is reported in
     doubt at once), ``parallel`` (associations used at once), the timeouts (each a
-    deadline for a whole step: see :class:`~._net_ul.Timeouts`), ``max_pdu`` (the
+    deadline for a whole step: see :class:`~.association.Timeouts`), ``max_pdu`` (the
     largest PDU we accept, 0 = unlimited), and ``tcp_nodelay`` / ``tcp_quickack`` (on
     by default; off only to measure their effect).
     """

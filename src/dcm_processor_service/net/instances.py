@@ -36,9 +36,9 @@ from pydicom.uid import (
 )
 
 from .._errors import DicomInputError, InvalidInputError
-from ._net_contexts import Route
-from ._net_ul import FileRegion
-from .dicomdir import dicomdir_references
+from ..dicom.dicomdir import dicomdir_references
+from .association import FileRegion
+from .contexts import Route
 
 __all__ = [
     "MEDIA_STORAGE_DIRECTORY",
