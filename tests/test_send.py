@@ -33,16 +33,15 @@ from dcm_processor_service._errors import (
     PeerUnreachableError,
     StoreFailedError,
 )
-from dcm_processor_service.net.sender import (
-    DEFAULT_CALLING_AET,
+from dcm_processor_service.net.options import DEFAULT_CALLING_AET, default_calling_ae_title
+from dcm_processor_service.net.results import (
     STATUS_IN_DOUBT,
-    DicomSender,
     EchoResult,
     Outcome,
     SendReport,
     StatusCategory,
-    default_calling_ae_title,
 )
+from dcm_processor_service.net.sender import DicomSender
 from dcm_processor_service.store.records import Peer
 from support.peers import (
     TEST_FILES,

@@ -24,7 +24,8 @@ from dcm_processor_service._errors import (
     NetworkError,
     TLSError,
 )
-from dcm_processor_service.net.sender import DicomSender, Outcome
+from dcm_processor_service.net.results import Outcome
+from dcm_processor_service.net.sender import DicomSender
 from dcm_processor_service.net.tls import MINIMUM_TLS_VERSION, build_client_ssl_context
 from dcm_processor_service.store.records import Peer
 from support.peers import (

@@ -31,15 +31,11 @@ from dcm_processor_service._errors import (
     AssociationRejectedError,
     PeerUnreachableError,
 )
-from dcm_processor_service.net.association import (
-    Association,
-    ProposedContext,
-    State,
-    Timeouts,
-    is_in_doubt,
-    is_transient,
-)
-from dcm_processor_service.net.sender import DicomSender, Outcome
+from dcm_processor_service.net.association import Association, State, Timeouts
+from dcm_processor_service.net.failures import is_in_doubt, is_transient
+from dcm_processor_service.net.pdu import ProposedContext
+from dcm_processor_service.net.results import Outcome
+from dcm_processor_service.net.sender import DicomSender
 from support.peers import TEST_FILES, copy_with_new_uid, make_text_sr
 from support.ul_peers import (
     A_RELEASE_RP,

@@ -101,9 +101,10 @@ _LAZY: dict[str, str] = {
     "segment_volumes": "dicom.sr",
     # sending
     "DicomSender": "net.sender",
-    "SendReport": "net.sender",
-    "InstanceResult": "net.sender",
-    "EchoResult": "net.sender",
+    "SendReport": "net.results",
+    "InstanceResult": "net.results",
+    "Outcome": "net.results",
+    "EchoResult": "net.results",
     # progress reporting from inside a job
     "report_progress": "progress",
     "heartbeat": "progress",

@@ -1232,7 +1232,7 @@ def send(
 ) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
     from .dicom.series import get_series_dicom
-    from .net.sender import Outcome
+    from .net.results import Outcome
     from .runner.inputs import expand_inputs
 
     if not paths and not series_ids:

@@ -1,1 +1,25 @@
-"""Talking DICOM to a peer (PACS): sending instances with C-STORE, checking with C-ECHO."""
+"""Talking DICOM to a peer (PACS): sending instances with C-STORE, checking with C-ECHO.
+
+The public names are re-exported by the package (``dcm_processor_service.DicomSender``,
+``SendReport``, ``InstanceResult``, ``Outcome``, ``EchoResult``). The modules, from the
+top down (each imports only those below it):
+
+* :mod:`.sender` - :class:`~.sender.DicomSender`: settings, the original's
+  ``send_dicom_from_*`` API, :meth:`~.sender.DicomSender.send` and C-ECHO;
+* :mod:`.options` - the sender's defaults and argument checks;
+* :mod:`.delivery` - the one send loop: association groups, worker threads, retries
+  with backoff, the in-doubt policy, the per-instance bookkeeping;
+* :mod:`.instances` - what is sent: the inputs reduced to instances, and their payloads
+  (stored bytes, or converted);
+* :mod:`.contexts` - presentation contexts proposed from the data, and the route of
+  each instance;
+* :mod:`.results` - what a send reports: statuses, outcomes, the report;
+* :mod:`.association` - one association (requestor side): negotiation, the PS3.8
+  states, C-STORE/C-ECHO, release (with collisions) and abort;
+* :mod:`.dimse` - command sets, and messages split into P-DATA-TF PDUs;
+* :mod:`.transport` - socket I/O against whole-step deadlines (TLS, non-blocking +
+  poll, ``TCP_NODELAY``/``TCP_QUICKACK``);
+* :mod:`.pdu` - the Upper Layer PDUs as bytes;
+* :mod:`.failures` - whether a failure is transient, and whether a request is in doubt;
+* :mod:`.tls` - the client's :class:`ssl.SSLContext`.
+"""

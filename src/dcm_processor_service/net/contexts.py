@@ -35,12 +35,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from .association import NegotiatedContext, ProposedContext
+from .pdu import NegotiatedContext, ProposedContext
+from .results import STATUS_CANNOT_CONVERT, STATUS_SOP_CLASS_NOT_SUPPORTED
 
 __all__ = [
     "MAX_CONTEXTS",
-    "STATUS_CANNOT_CONVERT",
-    "STATUS_SOP_CLASS_NOT_SUPPORTED",
     "ContextPlan",
     "Route",
     "choose_route",
@@ -50,11 +49,6 @@ __all__ = [
 
 #: Presentation contexts one A-ASSOCIATE-RQ may carry (PS3.8 9.3.2.2: ids 1, 3 ... 255).
 MAX_CONTEXTS: Final = 128
-#: Local status when the peer accepted no context for the SOP class (PS3.7 C.5: "Refused:
-#: SOP Class not supported").
-STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
-#: Local status when the instance could not be read / converted ("Cannot understand").
-STATUS_CANNOT_CONVERT: Final = 0xC000
 
 UNCOMPRESSED_LE: Final = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 _UNCOMPRESSED: Final = (*UNCOMPRESSED_LE, str(ExplicitVRBigEndian))
@@ -143,6 +137,11 @@ class Route:
     status: int = 0
     reason: str | None = None
 
+    @classmethod
+    def refused(cls, status: int, reason: str) -> Route:
+        """Not to be sent: ``status`` (a local code) and ``reason`` say why."""
+        return cls(None, None, None, status, reason)
+
     @property
     def sendable(self) -> bool:
         """True when the instance can be sent."""
@@ -170,10 +169,7 @@ def choose_route(
     accepted = [c for c in mine if c.accepted]
     if not accepted:
         why = "; ".join(sorted({c.result_text for c in mine})) or "not proposed"
-        return Route(
-            None,
-            None,
-            None,
+        return Route.refused(
             STATUS_SOP_CLASS_NOT_SUPPORTED,
             f"not sent: the peer accepted no presentation context for SOP class "
             f"{uid_name(sop_class)} ({why})",
@@ -191,10 +187,7 @@ def choose_route(
             if target in by_ts and _encoder_available(target):
                 return Route(by_ts[target].context_id, target, "compress")
     offered = ", ".join(uid_name(str(ts)) for ts in by_ts)
-    return Route(
-        None,
-        None,
-        None,
+    return Route.refused(
         STATUS_CANNOT_CONVERT,
         f"not sent: the peer accepts {uid_name(sop_class)} only as {offered}; the instance "
         f"is stored as {uid_name(stored_ts)} and cannot be converted to any of them",

@@ -37,8 +37,8 @@ from pydicom.uid import (
 
 from .._errors import DicomInputError, InvalidInputError
 from ..dicom.dicomdir import dicomdir_references
-from .association import FileRegion
 from .contexts import Route
+from .dimse import FileRegion
 
 __all__ = [
     "MEDIA_STORAGE_DIRECTORY",
