@@ -122,7 +122,7 @@ def child(spec: dict[str, Any]) -> None:
     if options.pop("pynetdicom", False):
         print(json.dumps(pynetdicom_send(Path(spec["folder"]), spec["port"], spec["aet"])))
         return
-    from dcm_processor_service.net.sender import DicomSender
+    from dcm_processor_service import DicomSender
 
     sender = DicomSender("BENCHSCU", "127.0.0.1", spec["port"], spec["aet"], **options)
     report = sender.send(spec["folder"])
