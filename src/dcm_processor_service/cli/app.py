@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 import click
 
-from ._errors import (
+from .._errors import (
     ConfigError,
     DcmProcessorError,
     DicomInputError,
@@ -49,8 +49,8 @@ from ._errors import (
     NotFoundError,
     ServiceError,
 )
-from ._safe_text import MaskingFormatter, mask_secrets, register_url_password
-from .runner.progress import RunObserver
+from .._safe_text import MaskingFormatter, mask_secrets, register_url_password
+from ..runner.progress import RunObserver
 
 __all__ = ["main"]
 
@@ -192,7 +192,7 @@ class _StoreSpec:
     local_dir: Path | None
 
     def open(self) -> Any:
-        from .store.registry import open_store
+        from ..store.registry import open_store
 
         return open_store(self.provider, self.url, self.name)
 
@@ -466,7 +466,7 @@ def _summary(report: Any) -> str:
     ]
     counts = report.counts()
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-    from .runner.runner import FILTERED_OUT
+    from ..runner.runner import FILTERED_OUT
 
     not_scheduled = [n for s in report.sessions for n in s.not_scheduled]
     filtered = sum(1 for n in not_scheduled if n["reason"] == FILTERED_OUT)
@@ -561,7 +561,7 @@ def _parse_params(values: Sequence[str]) -> dict[str | None, dict[str, Any]]:
 def _load_service(
     service: str, *, event: str | None, job_name: str | None, timeout: str | None
 ) -> Any:
-    from .runner.manifest import load_manifest, manifest_for_function
+    from ..runner.manifest import load_manifest, manifest_for_function
 
     path = Path(service).expanduser()
     if path.exists():
@@ -586,7 +586,7 @@ def _register_peer(store: Any, peer: str | None, peer_address: str | None) -> st
         if peer is not None:
             store.get_peer(peer)  # fails early, naming the known peers
         return peer
-    from .store.records import Peer
+    from ..store.records import Peer
 
     aet, host, port = _parse_peer_address(peer_address)
     saved = store.put_peer(Peer(name=peer or aet, aet=aet, host=host, port=port))
@@ -674,7 +674,7 @@ def _execute_run(
     settings: _Settings,
     expect_job: str | None = None,
 ) -> int:
-    from .runner.runner import Runner
+    from ..runner.runner import Runner
 
     overrides = _parse_params(params)
     with spec.open() as store:
@@ -791,7 +791,7 @@ def run(
 def _example_service() -> Path | None:
     here = Path(__file__).resolve()
     candidates = [
-        here.parents[2] / "examples" / "threshold-service",
+        here.parents[3] / "examples" / "threshold-service",
         Path.cwd() / "examples" / "threshold-service",
     ]
     for candidate in candidates:
@@ -816,7 +816,7 @@ def demo_data(
     out: str, slices: int, size: int, patients: int, seed: int, settings: _Settings
 ) -> int:
     """Write a synthetic CT series (a bright sphere in a water cylinder) to OUT."""
-    from .runner.sample_data import make_sample_data
+    from ..runner.sample_data import make_sample_data
 
     if slices < 1 or size < 8 or patients < 1:
         raise click.BadParameter("need --slices >= 1, --size >= 8, --patients >= 1")
@@ -874,8 +874,8 @@ def demo(
     """The README's main job in one go: generate a synthetic CT into OUT/input, run
     the example threshold service on it (embedded store), export the results to
     OUT/results, and print the summary."""
-    from .runner.manifest import load_manifest
-    from .runner.sample_data import make_sample_data
+    from ..runner.manifest import load_manifest
+    from ..runner.sample_data import make_sample_data
 
     service = Path(service_dir) if service_dir else _example_service()
     if service is None:
@@ -942,7 +942,7 @@ def new_service(name: str, directory: str, events: tuple[str, ...], settings: _S
     """Write the platform's service template into PATH/NAME: dcm-processor.json, a
     registry package exporting 'callback' and a module package exporting 'worker'.
     It deploys to the platform as it is and runs at once with dcm-service run."""
-    from .runner.template import write_service_template
+    from ..runner.template import write_service_template
 
     files = write_service_template(name, directory, events=events or ("stable-series",))
     root = files[0].parent
@@ -963,7 +963,7 @@ def check(service: str, settings: _Settings) -> int:
     """Check whether the platform would accept SERVICE and run every job: the
     manifest's rules, entries that import the way the platform imports them, and
     signatures that accept the platform's keywords. Exit code 1 on any problem."""
-    from .runner.check import check_service
+    from ..runner.check import check_service
 
     report = check_service(service)
     if settings.json:
@@ -1011,8 +1011,8 @@ def ingest(
     settings: _Settings,
 ) -> int:
     """File DICOM INPUT (folders, files, DICOMDIRs) into the store's index."""
-    from .dicom.index import IngestReport, iter_ingest
-    from .runner.inputs import expand_inputs
+    from ..dicom.index import IngestReport, iter_ingest
+    from ..runner.inputs import expand_inputs
 
     spec = store_spec
     files = expand_inputs(inputs)
@@ -1104,7 +1104,7 @@ def peers_add(
     settings: _Settings,
 ) -> int:
     """Add peer NAME (AE title AET at HOST:PORT), or update the peer of that name."""
-    from .peers import add_peer
+    from ..peers import add_peer
 
     with store_spec.open() as store:
         saved = add_peer(
@@ -1175,7 +1175,7 @@ def peers_remove(
 
 
 def _sender_for(peer: Any) -> Any:
-    from .net.sender import DicomSender
+    from ..net.sender import DicomSender
 
     return DicomSender.for_peer(peer)
 
@@ -1231,9 +1231,9 @@ def send(
     settings: _Settings,
 ) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
-    from .dicom.series import get_series_dicom
-    from .net.results import Outcome
-    from .runner.inputs import expand_inputs
+    from ..dicom.series import get_series_dicom
+    from ..net.results import Outcome
+    from ..runner.inputs import expand_inputs
 
     if not paths and not series_ids:
         raise click.UsageError("give files or folders to send, or --series ID")
@@ -1343,8 +1343,8 @@ def convert(
     if _is_nifti(source):
         import nibabel as nib
 
-        from .dicom.derived import write_datasets
-        from .dicom.nifti import nifti_to_dicom
+        from ..dicom.derived import write_datasets
+        from ..dicom.nifti import nifti_to_dicom
 
         datasets = nifti_to_dicom(nib.load(source), modality, description, ref_dcm=reference)
         written = write_datasets(datasets, target)
@@ -1361,7 +1361,7 @@ def convert(
                 f"{target!r} - a DICOM series converts to a .nii or .nii.gz file",
                 param_hint="TARGET",
             )
-        from .dicom.nifti import series_files_to_nifti
+        from ..dicom.nifti import series_files_to_nifti
 
         nifti_path, json_path, _ = series_files_to_nifti(source, target)
         slices = json.loads(Path(json_path).read_text(encoding="utf-8")).get("Slices")
@@ -1597,8 +1597,8 @@ def sessions_clean(
     running jobs left ended (on this host) and its unfinished jobs marked abandoned. A
     session a live runner is working on is refused (skipped with --all) unless --force.
     """
-    from .hooks import run_post_services
-    from .runner.ownership import abandon_session
+    from ..hooks import run_post_services
+    from ..runner.ownership import abandon_session
 
     if not session_ids and not clean_all and not stale:
         raise click.UsageError("name sessions to clean, or --all, or --stale")
@@ -1642,7 +1642,7 @@ def sessions_clean(
 
 
 def _liveness(record: Any) -> Any:
-    from .runner.ownership import judge_record
+    from ..runner.ownership import judge_record
 
     return judge_record(record)
 
