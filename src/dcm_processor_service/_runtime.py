@@ -11,8 +11,8 @@ import os
 import threading
 
 from ._context import RuntimeContext, current_context
+from .store.address import StoreAddress
 from .store.base import Store
-from .store.registry import open_store
 
 __all__ = ["close_stores", "store_for"]
 
@@ -33,7 +33,7 @@ def store_for(ctx: RuntimeContext | None = None) -> Store:
     with _lock:
         store = _cache.get(key)
         if store is None:
-            store = open_store(provider, url, ctx.db_name)
+            store = StoreAddress.from_options(provider, url, ctx.db_name).open()
             _cache[key] = store
         return store
 

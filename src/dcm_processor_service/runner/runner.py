@@ -60,7 +60,8 @@ from typing import Any
 from .._atomic_file import atomic_write
 from .._context import RuntimeContext, context_environ, use_context
 from .._errors import DcmProcessorError, InvalidInputError, ServiceError
-from .._safe_text import bound_text, mask_secrets, register_url_password
+from .._safe_text import bound_text, mask_secrets
+from ..store.address import StoreAddress
 from ..store.base import CHUNK_SIZE, Store
 from ..store.records import Peer, utcnow
 from ..store.registry import open_store
@@ -436,18 +437,10 @@ class Runner:
         handle_signals: bool = True,
     ) -> None:
         self.manifest = manifest.with_params(params) if params else manifest
-        self.db_provider = db_provider
-        if db_provider.lower() == "sqlite" and "://" not in db_url:
-            db_url = str(Path(db_url).expanduser().resolve()) + (
-                os.sep if db_url.endswith(("/", os.sep)) else ""
-            )
-        self.db_url = db_url
-        register_url_password(db_url)  # masked in every log line and job output
-        if db_name is None and db_provider.lower() == "sqlite":
-            from ..store.sqlite import DEFAULT_DB_NAME
-
-            db_name = DEFAULT_DB_NAME  # what the store uses anyway; the jobs see it
-        self.db_name = db_name
+        # sqlite: an absolute path and the default name, as the jobs must see them;
+        # the URL's password is masked in every log line and job output
+        address = StoreAddress.from_options(db_provider, db_url, db_name)
+        self.db_provider, self.db_url, self.db_name = address.provider, address.url, address.name
         self.peer = peer
         self.keep_session = keep_session
         self.cleanup_on_failure = cleanup_on_failure

@@ -22,37 +22,24 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import InvalidInputError, StorageError, StoreUnavailableError
+from .._errors import StorageError, StoreUnavailableError
 from ._modes import private_file
 from ._sql import SCHEMA_VERSION, SQLStore, Tx
+from .address import DEFAULT_SQLITE_NAME, sqlite_location
 from .blobs import DirectoryBlobStore
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB_NAME = "dcm-processor"
-
 
 def sqlite_path(url: str, name: str | None = None) -> Path:
-    """The database file a ``sqlite`` URL (and database name) designates."""
-    if not url:
-        raise InvalidInputError("sqlite store URL is empty - give a file path or sqlite:///path")
-    raw = url
-    if raw.startswith("sqlite:///"):
-        raw = "/" + raw[len("sqlite:///") :]
-    elif raw.startswith("sqlite://"):
-        raw = raw[len("sqlite://") :]
-    elif raw.startswith("sqlite:"):
-        raw = raw[len("sqlite:") :]
-    if raw in ("", ":memory:"):
-        raise InvalidInputError(
-            f"sqlite store URL {url!r} - an in-memory database cannot be shared between the "
-            "job processes; give a file path"
-        )
-    path = Path(raw).expanduser()
-    if path.is_dir() or raw.endswith(("/", os.sep)):
-        path = path / f"{name or DEFAULT_DB_NAME}.sqlite3"
+    """The database file a ``sqlite`` URL (and database name) designates: the URL read
+    by :func:`~dcm_processor_service.store.address.sqlite_location`; a folder holds
+    ``<name>.sqlite3``."""
+    path, is_folder = sqlite_location(url)
+    if is_folder or path.is_dir():
+        path = path / f"{name or DEFAULT_SQLITE_NAME}.sqlite3"
     return path
 
 
