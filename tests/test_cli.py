@@ -302,6 +302,60 @@ def test_db_init(tmp_path: Path, capsys) -> None:
     assert code == 0 and url in result["store"]
 
 
+def test_sqlite_url_forms_name_the_file_they_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _ = cli_json(capsys, "db", "init", "--db-url", "sqlite:x.db")
+    assert code == 0 and (tmp_path / "x.db").is_file()
+    assert not (tmp_path / "sqlite:x.db").exists()
+    assert main(["db", "init", "--db-url", ":memory:"]) == 2
+    assert "an in-memory database cannot be shared" in capsys.readouterr().err
+    assert not (tmp_path / ":memory:").exists()
+
+
+def test_store_options_on_the_group(tmp_path: Path, capsys) -> None:
+    group, command = tmp_path / "group", tmp_path / "command"
+    code, _ = cli_json(capsys, "--store", str(group), "db", "init")
+    assert code == 0 and (group / "dcm-processor.sqlite3").is_file()
+    assert main(["--store", str(group), "peers", "add", "pacs", "AE", "127.0.0.1", "104"]) == 0
+    code, peers = cli_json(capsys, "--store", str(group), "peers", "list")
+    assert [p["name"] for p in peers] == ["pacs"]
+    # the command's own --store wins over the group's
+    code, peers = cli_json(capsys, "--store", str(group), "peers", "list", "--store", str(command))
+    assert code == 0 and peers == [] and (command / "dcm-processor.sqlite3").is_file()
+    code = main(["--db-provider", "postgresql", "db", "init"])
+    assert code == 2 and "--db-provider postgresql needs --db-url" in capsys.readouterr().err
+
+
+def test_relative_sqlite_url_reaches_the_jobs(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    service = write_service(
+        tmp_path / "svc",
+        [
+            {"jobName": "put", "workerEntry": "svc_workers.store_value"},
+            {
+                "jobName": "get",
+                "workerEntry": "svc_workers.read_value",
+                "params": {"from_job": "put"},
+                "dependsOn": "put",
+            },
+            {"jobName": "rec", "dependsOn": "get"},
+        ],
+    )
+    monkeypatch.chdir(tmp_path)
+    code, report = cli_json(
+        capsys, "run", str(service), str(data), "--db-url", "sqlite://rel/store.db"
+    )
+    assert code == 0, report
+    jobs = {j["job_name"]: j for j in report["sessions"][0]["jobs"]}
+    assert jobs["get"]["result"] == 42
+    env = jobs["rec"]["result"]["env"]
+    assert env["DCM-PROCESSOR-SERVICE-DB-URL"] == str(tmp_path.resolve() / "rel" / "store.db")
+    assert (tmp_path / "rel" / "store.db").is_file()
+
+
 def test_demo_data_is_valid_dicom(tmp_path: Path, capsys) -> None:
     code, result = cli_json(
         capsys,
