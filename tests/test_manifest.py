@@ -21,7 +21,7 @@ from dcm_processor_service.runner.manifest import (
     inspect_manifest,
     manifest_for_function,
 )
-from dcm_processor_service.runner.schedule import order_jobs, prune_dependencies
+from dcm_processor_service.runner.graph import order_jobs, prune_dependencies
 
 PLATFORM_JOB = {
     "jobName": "a",

@@ -908,7 +908,7 @@ def inspect_manifest(
         job = _job(raw, i, root, registry_dir, module_dir, seen, problems, source)
         if job is not None:
             jobs.append(job)
-    from .schedule import dependency_problems
+    from .graph import dependency_problems
 
     for job_name, message in dependency_problems(jobs):
         job = next(j for j in jobs if j.name == job_name)

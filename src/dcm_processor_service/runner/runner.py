@@ -71,7 +71,7 @@ from .manifest import EntryLoader, JobSpec, ServiceManifest
 from .ownership import Heartbeat, this_owner
 from .platform import main_file_hazard, registry_result
 from .progress import RunObserver
-from .schedule import SUCCEEDED, order_jobs, prune_dependencies
+from .graph import SUCCEEDED, order_jobs, prune_dependencies
 
 __all__ = [
     "JobRun",
