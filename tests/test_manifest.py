@@ -16,12 +16,9 @@ import pytest
 
 from dcm_processor_service import ServiceError
 from dcm_processor_service.runner import load_manifest, parse_timeout
-from dcm_processor_service.runner.manifest import (
-    EntryLoader,
-    inspect_manifest,
-    manifest_for_function,
-)
+from dcm_processor_service.runner.entries import EntryLoader
 from dcm_processor_service.runner.graph import order_jobs, prune_dependencies
+from dcm_processor_service.runner.manifest import inspect_manifest, manifest_for_function
 
 PLATFORM_JOB = {
     "jobName": "a",

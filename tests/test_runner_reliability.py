@@ -511,9 +511,9 @@ def test_a_failed_export_keeps_the_report(
 
 
 def test_output_lines_are_bounded_and_redraws_keep_their_last_state() -> None:
-    from dcm_processor_service.runner.job_process import _OutputLines
+    from dcm_processor_service.runner.executors.local import OutputLines
 
-    lines = _OutputLines(limit=20)
+    lines = OutputLines(limit=20)
     chunks = [b"crlf\r", b"\nbar 10%\r20%\r3", b"0%\n", b"a" * 50 + b"\n", "é".encode()[:1]]
     got = [line for chunk in chunks for line in lines.feed(chunk)]
     got += lines.feed("é".encode()[1:] + b" no newline", final=True)

@@ -80,7 +80,7 @@ def job_detail(job: Any, limit: int = 60) -> str:
 
 def run_summary(report: Any) -> str:
     """The table and closing lines ``dcm-service run`` prints for a run report."""
-    from ..runner.runner import FILTERED_OUT
+    from ..runner.report import FILTERED_OUT
 
     rows = []
     for session in report.sessions:

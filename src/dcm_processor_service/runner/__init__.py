@@ -8,14 +8,26 @@
                          db_url=".dcm-service/", output_dir="results/")
     print(report.ok, report.counts())
 
-Modules: :mod:`.platform` (how the platform loads and calls a service),
-:mod:`.manifest` (``dcm-processor.json``, entry points), :mod:`.schedule` (``dependsOn``
-pruning and order), :mod:`.inputs` (input files by patient), :mod:`.job_process` (one
-process per job), :mod:`.processes` (finding and ending a job's processes),
-:mod:`.ownership` (which runner owns a record, heartbeat, stale records), :mod:`.runner`
-(the job graph and its run), :mod:`.progress` (events for whoever watches),
-:mod:`.check` (``dcm-service check``), :mod:`.template` (``dcm-service new service``),
-:mod:`.sample_data` (a synthetic CT for demos and tests).
+Modules, in the order a run uses them:
+
+* :mod:`.platform` - how the platform loads and calls a service (interface facts);
+* :mod:`.manifest` - reading ``dcm-processor.json`` into typed specs (:mod:`.specs`:
+  :class:`ServiceManifest`, :class:`JobSpec`), with every problem at once;
+* :mod:`.rules` - the platform's rules for a service, and :class:`ManifestProblem`;
+* :mod:`.entries` - entry points: parsed, checked without running code, imported;
+* :mod:`.inputs` - input files, grouped by patient;
+* :mod:`.graph` - a session's job graph (pre -> series -> study -> patient -> post) and
+  the ``dependsOn`` rules;
+* :mod:`.executors` - where the jobs run: :class:`Executor` (the seam),
+  :class:`LocalExecutor` (each job in its own process, :mod:`.job_process`);
+  :mod:`.processes` finds and ends a job's processes;
+* :mod:`.runner` - :class:`Runner`: the orchestration of a run;
+* :mod:`.report` - what a run did (:class:`RunReport`, :class:`SessionRun`,
+  :class:`JobRun`); :mod:`.progress` - events for whoever watches (:class:`RunObserver`);
+* :mod:`.export` - a session's outputs to a folder; :mod:`.stopping` - signals;
+* :mod:`.ownership` - which runner owns a record, heartbeat, stale records;
+* :mod:`.check` (``dcm-service check``), :mod:`.template` (``dcm-service new service``),
+  :mod:`.sample_data` (a synthetic CT for demos and tests).
 
 Names are imported lazily, so ``python -m dcm_processor_service.runner.job_process``
 (every job's process) starts without loading the runner.
@@ -28,9 +40,12 @@ from .._lazy import lazy_attributes
 __all__ = [
     "CheckReport",
     "EntryPoint",
+    "Executor",
     "JobOutcome",
     "JobRun",
     "JobSpec",
+    "JobTask",
+    "LocalExecutor",
     "ManifestProblem",
     "RunInterrupted",
     "RunObserver",
@@ -49,22 +64,25 @@ __all__ = [
 ]
 
 _WHERE = {
-    "EntryPoint": "manifest",
-    "JobSpec": "manifest",
-    "ManifestProblem": "manifest",
-    "ServiceManifest": "manifest",
+    "EntryPoint": "entries",
+    "JobSpec": "specs",
+    "ServiceManifest": "specs",
+    "ManifestProblem": "rules",
     "load_manifest": "manifest",
     "manifest_for_function": "manifest",
     "parse_timeout": "manifest",
-    "JobOutcome": "job_process",
+    "Executor": "executors.base",
+    "JobOutcome": "executors.base",
+    "JobTask": "executors.base",
+    "LocalExecutor": "executors.local",
     "RunObserver": "progress",
-    "JobRun": "runner",
-    "RunInterrupted": "runner",
-    "RunReport": "runner",
+    "JobRun": "report",
+    "RunReport": "report",
+    "SessionRun": "report",
+    "RunInterrupted": "stopping",
     "Runner": "runner",
-    "SessionRun": "runner",
-    "export_session": "runner",
     "run_service": "runner",
+    "export_session": "export",
     "make_sample_ct": "sample_data",
     "CheckReport": "check",
     "check_service": "check",

@@ -3,7 +3,7 @@
 Checks, and reports every problem at once:
 
 * the manifest, with the platform's package rules and the runner's (see
-  :mod:`.manifest`: errors and platform findings);
+  :mod:`.rules`: errors and platform findings);
 * each enabled job's ``registryEntry`` imports the way the platform's scheduler imports
   it (the registry folder as package ``registry_<jobName>``) and accepts the scheduler's
   keywords; its ``workerEntry`` imports the way the platform's worker imports it
@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import EntryLoader, EntryPoint, ManifestProblem, inspect_manifest, read_manifest_file
-from .platform import REGISTRY_KEYWORDS, WORKER_KEYWORDS, main_file_hazard, signature_problem
+from .entries import EntryLoader, EntryPoint
+from .manifest import inspect_manifest, read_manifest_file
+from .platform import REGISTRY_KEYWORDS, WORKER_KEYWORDS, signature_problem
+from .rules import ManifestProblem, ProblemList, check_params_text
 
 __all__ = ["CheckReport", "check_service"]
 
@@ -112,17 +114,9 @@ def check_service(path: str | os.PathLike[str]) -> CheckReport:
                 report.passed.append(f"{job.name}: disabled (the platform drops it)")
                 continue
             at = f"service.jobs[{job.index}] ({job.name})"
-            hazard = main_file_hazard(job.params, "params")
-            if hazard:
-                report.problems.append(
-                    ManifestProblem(
-                        f"{at}.params",
-                        f"{hazard} - the platform's worker passes params inside its generated "
-                        "main file as JSON in a Python string literal, which cannot carry it "
-                        "(the job fails, or a backslash changes the value)",
-                        platform_only=True,
-                    )
-                )
+            found = ProblemList()
+            check_params_text(found, f"{at}.params", job.params)
+            report.problems.extend(found.items)
             if job.registry is not None:
                 _check_entry(
                     loader,

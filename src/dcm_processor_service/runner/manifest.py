@@ -1,4 +1,4 @@
-"""The service manifest (``dcm-processor.json``): validation and entry points.
+"""The service manifest (``dcm-processor.json``) read into typed specs.
 
 A service is a folder holding a ``dcm-processor.json`` manifest and two Python
 packages, written the way the platform's template writes them (SPEC §2.2)::
@@ -24,90 +24,60 @@ packages, written the way the platform's template writes them (SPEC §2.2)::
       }
     }
 
-Validation reports **every** problem at once, in two kinds (:class:`ManifestProblem`):
+Reading reports **every** problem at once (see :mod:`.rules`): **errors** (the service
+cannot run here either: bad JSON, a missing ``jobName``, ``workerEntry`` or ``events``,
+an unknown event, a bad timeout, an entry that does not exist, ...) make
+:func:`load_manifest` raise :class:`ServiceError` listing them all; **platform
+findings** (it runs here, but the platform would refuse the package or never run a
+job) are logged as one warning, and ``dcm-service check`` fails on them.
 
-* **errors** - the service cannot run here either (bad JSON, a missing ``jobName``,
-  ``workerEntry`` or ``events``, an unknown event, a bad timeout, an entry that does
-  not exist, ...): :func:`load_manifest` raises :class:`ServiceError` listing them all;
-* **platform findings** - the service runs here, but the platform would refuse the
-  package or never run a job (no ``version`` or not semver, ``registry``/``module`` not
-  a package, no ``registryEntry``, a dotted or ``file.py:function`` entry, ``events``
-  not a list, a ``dependsOn`` that can never pass, a timeout the platform cannot read):
-  :func:`load_manifest` logs them as one warning, ``dcm-service check`` fails on them.
-
-Entry points
-------------
-``name`` (the platform's form)
-    A bare name exported by the folder's ``__init__.py``. The registry folder is
-    imported as package ``registry_<jobName>`` and the callback looked up with
-    ``getattr``; the module folder is imported as package ``service_module`` and the
-    worker taken with ``from service_module import <name>``. Relative imports inside the
-    folders work; nothing is put on ``sys.path``.
-
-``package.module.function``, ``path/to/file.py:function``, ``package.module:function``
-    Local forms (the platform cannot run them): the module is imported with the base
-    folder (``module`` or ``registry``), then the manifest's folder, first on
-    ``sys.path``; a file is loaded under a private module name with its own folder on
-    ``sys.path``. ``dcm-service run mypkg.jobs:segment`` uses these.
-
-Entries are checked without running service code when the manifest is loaded (the
-package exports the name, the module or file exists); the function itself is imported
-by the runner (registry callbacks, in its own process as the platform's scheduler does)
-and by each job process (workers).
+Entries (``workerEntry``, ``registryEntry``) are parsed and checked without running
+service code (:mod:`.entries`); the result is a :class:`~.specs.ServiceManifest` of
+:class:`~.specs.JobSpec` s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib
-import importlib.machinery
-import importlib.util
 import json
 import logging
 import os
 import re
-import sys
-import types
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._context import JOB_EVENTS
 from .._errors import ServiceError
 from .._validation import validate_name
-from .platform import (
-    DEFAULT_SORT_POSITION,
-    PLATFORM_TIMEOUT_RE,
-    SEMVER_RE,
-    WORKER_PACKAGE,
-    exported_names,
-    from_import,
-    import_folder_as_package,
-    registry_package_name,
+from .entries import EntryPoint, check_entry, parse_entry
+from .graph import dependency_problems
+from .platform import DEFAULT_SORT_POSITION, WORKER_PACKAGE, registry_package_name
+from .rules import (
+    ManifestProblem,
+    ProblemList,
+    check_entry_form,
+    check_events_form,
+    check_package_folder,
+    check_registry_entry_present,
+    check_timeout_format,
+    check_version,
+    check_worker_block,
 )
+from .specs import DEFAULT_TIMEOUT, JobSpec, ServiceManifest
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "MANIFEST_NAME",
-    "EntryLoader",
-    "EntryPoint",
-    "JobSpec",
-    "ManifestProblem",
-    "ServiceManifest",
     "inspect_manifest",
     "load_manifest",
     "manifest_for_function",
-    "parse_entry",
+    "manifest_from_dict",
     "parse_timeout",
-    "resolve_entry",
+    "read_manifest_file",
 ]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "dcm-processor.json"
-DEFAULT_TIMEOUT = "1h"
 
 _KNOWN_JOB_FIELDS = {
     "jobName",
@@ -172,472 +142,13 @@ def parse_timeout(value: str | int | float | None, what: str = "timeout") -> flo
     return seconds
 
 
-# ------------------------------------------------------------------ entries
-@dataclass(frozen=True)
-class EntryPoint:
-    """A parsed entry: a bare name exported by a package folder (``package``, imported
-    as ``package_name``), a module (``module``) or a file (``file``), plus the attribute
-    path of the function inside it. ``from_import``: look the name up as ``from
-    package import name`` does (workers) rather than with ``getattr`` (registry)."""
-
-    text: str
-    attr: str
-    module: str | None = None
-    file: Path | None = None
-    search_path: tuple[str, ...] = ()
-    package: Path | None = None
-    package_name: str | None = None
-    from_import: bool = False
-
-    @property
-    def is_bare(self) -> bool:
-        """Whether this is the platform's form (a name exported by a package folder)."""
-        return self.package is not None
-
-    def describe(self) -> str:
-        """The entry as written, with where it was looked up."""
-        if self.package is not None:
-            where = f"package {str(self.package)!r} imported as {self.package_name!r}"
-        else:
-            where = str(self.file) if self.file else f"module {self.module!r}"
-        return f"{self.text!r} ({where})"
-
-    def to_spec(self) -> dict[str, Any]:
-        """A JSON-ready dict (for the job process); :meth:`from_spec` reads it back."""
-        return {
-            "text": self.text,
-            "attr": self.attr,
-            "module": self.module,
-            "file": str(self.file) if self.file else None,
-            "search_path": list(self.search_path),
-            "package": str(self.package) if self.package else None,
-            "package_name": self.package_name,
-            "from_import": self.from_import,
-        }
-
-    @classmethod
-    def from_spec(cls, data: dict[str, Any]) -> EntryPoint:
-        """The entry :meth:`to_spec` described."""
-        return cls(
-            text=data["text"],
-            attr=data["attr"],
-            module=data.get("module"),
-            file=Path(data["file"]) if data.get("file") else None,
-            search_path=tuple(data.get("search_path") or ()),
-            package=Path(data["package"]) if data.get("package") else None,
-            package_name=data.get("package_name"),
-            from_import=bool(data.get("from_import")),
-        )
-
-
-def parse_entry(
-    text: object,
-    base_dir: Path,
-    *,
-    extra_paths: Sequence[Path] = (),
-    what: str = "entry",
-    package_name: str | None = None,
-    from_import: bool = False,
-) -> EntryPoint:
-    """Parse ``text`` relative to ``base_dir``: a bare ``name`` (exported by the
-    package ``base_dir``, imported as ``package_name``), ``module.function`` or
-    ``file.py:function``."""
-    if not isinstance(text, str) or not text.strip():
-        raise ServiceError(
-            f"invalid {what} {text!r} - write a name exported by the folder's __init__.py"
-        )
-    text = text.strip()
-    if text.isidentifier():
-        return EntryPoint(
-            text,
-            text,
-            package=base_dir,
-            package_name=package_name or base_dir.name,
-            from_import=from_import,
-        )
-    search = tuple(dict.fromkeys(str(p) for p in (base_dir, *extra_paths)))
-    if ":" in text:
-        left, attr = text.rsplit(":", 1)
-        if not left or not attr or not all(p.isidentifier() for p in attr.split(".")):
-            raise ServiceError(
-                f"invalid {what} {text!r} - write 'file.py:function' or 'module:function'"
-            )
-        if left.endswith(".py") or "/" in left or os.sep in left:
-            path = Path(left).expanduser()
-            if not path.is_absolute():
-                path = base_dir / path
-            return EntryPoint(
-                text, attr, file=path.resolve(), search_path=(str(path.resolve().parent), *search)
-            )
-        module = left
-    else:
-        module, _, attr = text.rpartition(".")
-    if not module or not all(p.isidentifier() for p in (*module.split("."), attr)):
-        raise ServiceError(
-            f"invalid {what} {text!r} - write a name exported by the folder's __init__.py"
-        )
-    return EntryPoint(text, attr, module=module, search_path=search)
-
-
-def _find_module(module: str, search_path: Sequence[str]) -> bool:
-    """Whether ``module`` can be imported (from ``search_path`` or ``sys.path``),
-    without executing any of it."""
-    parts = module.split(".")
-    spec = importlib.machinery.PathFinder.find_spec(parts[0], list(search_path))
-    if spec is None:
-        try:
-            spec = importlib.util.find_spec(parts[0])
-        except (ImportError, ValueError):
-            spec = None
-    for part in parts[1:]:
-        if spec is None or not spec.submodule_search_locations:
-            return False
-        spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
-    return spec is not None
-
-
-def check_entry(entry: EntryPoint, what: str) -> None:
-    """Raise :class:`ServiceError` when ``entry`` cannot exist, without running any of
-    its code: a package without ``__init__.py`` or whose ``__init__.py`` visibly does
-    not export the name, a module or file that is not there."""
-    if entry.package is not None:
-        init = entry.package / "__init__.py"
-        if not init.is_file():
-            raise ServiceError(
-                f"unknown {what} {entry.text!r} - a bare name is looked up in the package "
-                f"{str(entry.package)!r}, which has no __init__.py"
-            )
-        names = exported_names(init)
-        if names is not None and entry.attr not in names:
-            hint = f"add 'from .main import {entry.attr}' (or define it there)"
-            if (entry.package / f"{entry.attr}.py").is_file():
-                hint = f"{entry.attr}.py is a module, not a function: export the function instead"
-            raise ServiceError(
-                f"unknown {what} {entry.text!r} - {init} does not define or import "
-                f"{entry.attr!r}: {hint}"
-            )
-    elif entry.file is not None:
-        if not entry.file.is_file():
-            raise ServiceError(
-                f"unknown {what} {entry.text!r} - file {str(entry.file)!r} does not exist"
-            )
-    elif entry.module is not None and not _find_module(entry.module, entry.search_path):
-        raise ServiceError(
-            f"unknown {what} {entry.text!r} - no module {entry.module!r} in "
-            f"{', '.join(entry.search_path)} or on the Python path"
-        )
-
-
-def _load_file(path: Path) -> types.ModuleType:
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    stem = re.sub(r"\W", "_", path.stem)
-    name = f"_dcm_service_{digest}_{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ServiceError(f"cannot load {str(path)!r} as a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
-
-
-def resolve_entry(entry: EntryPoint, what: str = "entry") -> Callable[..., Any]:
-    """Import ``entry`` and return its function. A bare entry imports its package
-    folder under ``entry.package_name`` (as the platform does); the other forms put
-    their search folders in front of ``sys.path`` (they stay there; use
-    :class:`EntryLoader` to undo that)."""
-    check_entry(entry, what)
-    obj: Any
-    if entry.package is not None:
-        package = import_folder_as_package(entry.package, entry.package_name or "")
-        try:
-            obj = (
-                from_import(package, entry.attr)
-                if entry.from_import
-                else getattr(package, entry.attr)
-            )
-        except (AttributeError, ImportError):
-            raise ServiceError(
-                f"unknown {what} {entry.text!r} - {package.__file__} does not export {entry.attr!r}"
-            ) from None
-        if isinstance(obj, types.ModuleType):
-            raise ServiceError(
-                f"invalid {what} {entry.text!r} - {entry.package_name}.{entry.attr} is a module, "
-                "not a function: export the function from __init__.py"
-            )
-    else:
-        for folder in reversed(entry.search_path):
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-        if entry.file is not None:
-            module = _load_file(entry.file)
-        else:
-            assert entry.module is not None
-            module = importlib.import_module(entry.module)
-        obj = module
-        for part in entry.attr.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                raise ServiceError(
-                    f"unknown {what} {entry.text!r} - "
-                    f"{getattr(module, '__file__', module.__name__)} has no attribute {entry.attr!r}"
-                ) from None
-    if not callable(obj):
-        raise ServiceError(f"invalid {what} {entry.text!r} - {entry.attr!r} is not callable")
-    func: Callable[..., Any] = obj
-    return func
-
-
-class EntryLoader:
-    """Imports entries into *this* process and undoes it on :meth:`close`: packages
-    imported under the platform's names, the search folders on ``sys.path`` and the
-    modules imported from them leave again, so two services with a ``registry``
-    package each can be loaded one after the other."""
-
-    def __init__(self) -> None:
-        self._before = set(sys.modules)
-        self._folders: set[str] = set()
-        self._packages: set[str] = set()
-        self._saved_path = list(sys.path)
-        self._shadowed: dict[str, types.ModuleType] = {}
-        self._cache: dict[EntryPoint, Callable[..., Any]] = {}
-
-    def load(self, entry: EntryPoint, what: str = "entry") -> Callable[..., Any]:
-        """The function of ``entry`` (imported once per loader)."""
-        if entry in self._cache:
-            return self._cache[entry]
-        if entry.package is not None:
-            self._set_aside(entry.package_name or "")
-            self._packages.add(entry.package_name or "")
-        else:
-            self._folders.update(str(Path(p).resolve()) for p in entry.search_path)
-            if entry.module is not None:
-                self._unshadow(entry.module.split(".")[0], entry.search_path)
-        func = resolve_entry(entry, what)
-        self._cache[entry] = func
-        return func
-
-    def _set_aside(self, top: str) -> None:
-        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-            if name not in self._shadowed and name in self._before:
-                self._shadowed[name] = sys.modules[name]
-
-    def _unshadow(self, top: str, search_path: Sequence[str]) -> None:
-        """If ``top`` is already imported from elsewhere but the service has its own
-        ``top`` module, set the imported one aside until :meth:`close`."""
-        loaded = sys.modules.get(top)
-        if loaded is None:
-            return
-        spec = importlib.machinery.PathFinder.find_spec(top, list(search_path))
-        if spec is None or not spec.origin:
-            return
-        loaded_file = getattr(loaded, "__file__", None)
-        if loaded_file and Path(loaded_file).resolve() == Path(spec.origin).resolve():
-            return
-        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-            self._shadowed[name] = sys.modules.pop(name)
-
-    def _owned(self, name: str, module: types.ModuleType | None) -> bool:
-        if name.startswith("_dcm_service_") or any(
-            name == top or name.startswith(top + ".") for top in self._packages
-        ):
-            return True
-        path = getattr(module, "__file__", None)
-        if not path:
-            return False
-        resolved = str(Path(path).resolve())
-        return any(resolved.startswith(folder + os.sep) for folder in self._folders)
-
-    def close(self) -> None:
-        """Forget everything this loader imported and restore ``sys.path``."""
-        for name, module in list(sys.modules.items()):
-            if (name not in self._before or name in self._shadowed) and self._owned(name, module):
-                del sys.modules[name]
-        sys.modules.update(self._shadowed)
-        self._shadowed.clear()
-        self._packages.clear()
-        sys.path[:] = self._saved_path
-        self._cache.clear()
-        importlib.invalidate_caches()
-
-    def __enter__(self) -> EntryLoader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@contextlib.contextmanager
-def loaded_entries() -> Iterator[EntryLoader]:
-    """An :class:`EntryLoader` closed at the end of the ``with`` block."""
-    loader = EntryLoader()
-    try:
-        yield loader
-    finally:
-        loader.close()
-
-
-# ----------------------------------------------------------------- manifest
-@dataclass(frozen=True)
-class ManifestProblem:
-    """One problem of a manifest: ``where`` (the JSON path, with the job's name),
-    ``message`` (what is wrong and how to fix it) and ``platform_only`` (True: it runs
-    here, but the platform would refuse the package or not run the job)."""
-
-    where: str
-    message: str
-    platform_only: bool = False
-
-    @property
-    def severity(self) -> str:
-        """``"error"`` or ``"platform"``."""
-        return "platform" if self.platform_only else "error"
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
-
-    def to_dict(self) -> dict[str, str]:
-        """JSON-ready dict."""
-        return {"where": self.where, "message": self.message, "severity": self.severity}
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job of a service manifest."""
-
-    name: str
-    worker_entry: str
-    events: tuple[str, ...]
-    registry_entry: str | None = None
-    depends_on: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 3600.0
-    timeout_text: str = DEFAULT_TIMEOUT
-    sort_position: int | float = DEFAULT_SORT_POSITION
-    disabled: bool = False
-    index: int = 0
-    worker: EntryPoint | None = None
-    registry: EntryPoint | None = None
-    worker_name: str | None = None
-    description: str = ""
-
-    def with_params(self, params: dict[str, Any]) -> JobSpec:
-        """A copy with ``params`` merged over the manifest's params."""
-        return replace(self, params={**self.params, **params})
-
-
-@dataclass(frozen=True)
-class ServiceManifest:
-    """A loaded, validated service manifest. ``findings`` are its platform-only
-    problems (see :class:`ManifestProblem`)."""
-
-    name: str
-    version: str
-    path: Path | None
-    root: Path
-    registry_dir: Path
-    module_dir: Path
-    jobs: tuple[JobSpec, ...]
-    description: str = ""
-    findings: tuple[ManifestProblem, ...] = ()
-
-    def job(self, name: str) -> JobSpec:
-        """The job called ``name``."""
-        for job in self.jobs:
-            if job.name == name:
-                return job
-        raise ServiceError(
-            f"service {self.name!r} has no job {name!r}; jobs: {', '.join(j.name for j in self.jobs)}"
-        )
-
-    def jobs_for(self, event: str) -> list[JobSpec]:
-        """The enabled jobs of ``event`` in manifest order."""
-        return [j for j in self.jobs if event in j.events and not j.disabled]
-
-    def with_params(self, overrides: dict[str | None, dict[str, Any]]) -> ServiceManifest:
-        """A copy with params overridden: ``overrides[None]`` for every job,
-        ``overrides[job_name]`` for one job (applied after the common ones)."""
-        unknown = [k for k in overrides if k is not None and k not in {j.name for j in self.jobs}]
-        if unknown:
-            raise ServiceError(
-                f"--param names unknown job(s) {', '.join(map(repr, unknown))}; jobs of "
-                f"{self.name!r}: {', '.join(j.name for j in self.jobs)}"
-            )
-        jobs = tuple(
-            j.with_params({**overrides.get(None, {}), **overrides.get(j.name, {})})
-            for j in self.jobs
-        )
-        return replace(self, jobs=jobs)
-
-
-_JSON_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    list: "a list",
-    dict: "an object",
-    bool: "true or false",
-}
-
-
-class _Problems:
-    """Collects the problems of one manifest; typed field access that records a
-    problem (instead of raising) and returns a default."""
-
-    def __init__(self) -> None:
-        self.items: list[ManifestProblem] = []
-
-    def error(self, where: str, message: str) -> None:
-        self.items.append(ManifestProblem(where, message))
-
-    def platform(self, where: str, message: str) -> None:
-        self.items.append(ManifestProblem(where, message, platform_only=True))
-
-    @property
-    def errors(self) -> list[ManifestProblem]:
-        return [p for p in self.items if not p.platform_only]
-
-    def get(
-        self,
-        obj: dict[str, Any],
-        key: str,
-        where: str,
-        kind: type | tuple[type, ...],
-        *,
-        required: bool = False,
-        default: Any = None,
-    ) -> Any:
-        if key not in obj or obj[key] is None:
-            if required:
-                self.error(where, "missing required field")
-            return default
-        value = obj[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
-            self.error(where, f"must be {names}, got {type(value).__name__} {value!r}")
-            return default
-        return value
-
-
-def _package_folder(root: Path, service: dict[str, Any], key: str, problems: _Problems) -> Path:
+def _package_folder(root: Path, service: dict[str, Any], key: str, problems: ProblemList) -> Path:
     """The folder of ``service[key]``. A missing value falls back to the manifest's
     folder (a platform finding: the platform requires both folders)."""
     where = f"service.{key}"
     value = service.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
-        problems.platform(
-            where,
-            f"missing - the platform requires the folder of the {key} package; "
-            "entries are looked up in the manifest's folder here",
-        )
+        check_package_folder(problems, key, None, None, root)
         return root
     if not isinstance(value, str):
         problems.error(where, f"must be a string, got {type(value).__name__} {value!r}")
@@ -646,19 +157,7 @@ def _package_folder(root: Path, service: dict[str, Any], key: str, problems: _Pr
     if not folder.is_dir():
         problems.error(where, f"names folder {value!r}, which does not exist in {root}")
         return root
-    try:
-        folder.relative_to(root.resolve())
-    except ValueError:
-        problems.platform(
-            where, f"{value!r} is outside the manifest's folder: the platform refuses it"
-        )
-    if not (folder / "__init__.py").is_file():
-        example = "callback" if key == "registry" else "worker"
-        problems.platform(
-            where,
-            f"folder {value!r} has no __init__.py - the platform imports it as a package "
-            f"(write one that exports the entries, e.g. 'from .main import {example}')",
-        )
+    check_package_folder(problems, key, value, folder, root)
     return folder
 
 
@@ -668,7 +167,7 @@ def _entry(
     at: str,
     base: Path,
     root: Path,
-    problems: _Problems,
+    problems: ProblemList,
     *,
     check: bool,
     package_name: str,
@@ -681,12 +180,8 @@ def _entry(
             problems.error(where, "must not be empty")
         text = None
     if text is None:
-        if key == "registryEntry" and not isinstance(raw.get(key), (int, float, list, dict)):
-            problems.platform(
-                where,
-                "missing - the platform drops a job without a registry callback; here the "
-                "job is scheduled for every object of its events",
-            )
+        if key == "registryEntry":
+            check_registry_entry_present(problems, where, raw.get(key))
         return None, None
     try:
         entry = parse_entry(
@@ -701,13 +196,7 @@ def _entry(
         problems.error(where, str(exc))
         return text, None
     if not entry.is_bare:
-        folder = "module" if key == "workerEntry" else "registry"
-        problems.platform(
-            where,
-            f"{text!r} is not a bare name - the platform looks the entry up as a name "
-            f"exported by the {folder} package's __init__.py; export {entry.attr!r} there "
-            f'and write "{key}": "{entry.attr}"',
-        )
+        check_entry_form(problems, where, key, text, entry.attr)
     if check:
         try:
             check_entry(entry, key)
@@ -717,7 +206,7 @@ def _entry(
     return text, entry
 
 
-def _timeout(raw: dict[str, Any], at: str, problems: _Problems) -> tuple[float, str]:
+def _timeout(raw: dict[str, Any], at: str, problems: ProblemList) -> tuple[float, str]:
     where = f"{at}.timeout"
     value = problems.get(raw, "timeout", where, (str, int, float), default=DEFAULT_TIMEOUT)
     try:
@@ -725,12 +214,7 @@ def _timeout(raw: dict[str, Any], at: str, problems: _Problems) -> tuple[float, 
     except ServiceError as exc:
         problems.error(where, str(exc))
         return parse_timeout(DEFAULT_TIMEOUT), DEFAULT_TIMEOUT
-    if isinstance(value, str) and not PLATFORM_TIMEOUT_RE.match(value.strip()):
-        problems.platform(
-            where,
-            f"{value!r} is not in the platform's format [Nw][Nd][Nh][Nm][Ns] with whole "
-            "numbers, e.g. '90s', '10m', '1h30m'",
-        )
+    check_timeout_format(problems, where, value)
     return seconds, str(value)
 
 
@@ -741,7 +225,7 @@ def _job(
     registry_dir: Path,
     module_dir: Path,
     seen: set[str],
-    problems: _Problems,
+    problems: ProblemList,
     source: str,
 ) -> JobSpec | None:
     at = f"service.jobs[{i}]"
@@ -825,13 +309,13 @@ def _job(
     )
 
 
-def _events(raw: dict[str, Any], at: str, problems: _Problems) -> tuple[str, ...]:
+def _events(raw: dict[str, Any], at: str, problems: ProblemList) -> tuple[str, ...]:
     where = f"{at}.events"
     value = problems.get(raw, "events", where, (list, str), required=True)
     if value is None:
         return ()
+    check_events_form(problems, where, value)
     if isinstance(value, str):
-        problems.platform(where, f"must be a list - write [{json.dumps(value)}]")
         value = [value]
     if not value:
         problems.error(where, f"is empty - give one or more of {', '.join(JOB_EVENTS)}")
@@ -842,7 +326,7 @@ def _events(raw: dict[str, Any], at: str, problems: _Problems) -> tuple[str, ...
     return tuple(dict.fromkeys(ev for ev in value if ev in JOB_EVENTS))
 
 
-def _top_level(data: dict[str, Any], root: Path, problems: _Problems) -> tuple[str, str, str]:
+def _top_level(data: dict[str, Any], root: Path, problems: ProblemList) -> tuple[str, str, str]:
     name = problems.get(data, "name", "name", str, required=True)
     if name is not None:
         try:
@@ -850,28 +334,10 @@ def _top_level(data: dict[str, Any], root: Path, problems: _Problems) -> tuple[s
         except ValueError as exc:
             problems.error("name", str(exc))
             name = None
-    version = data.get("version")
-    if version is None or (isinstance(version, str) and not version.strip()):
-        problems.platform(
-            "version", "missing - the platform requires a semantic version, e.g. '0.1.0'"
-        )
-        version = "0.0.0"
-    elif not isinstance(version, str) or not SEMVER_RE.match(version.strip()):
-        problems.platform(
-            "version", f"{version!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. '1.0.0')"
-        )
+    version = check_version(problems, data.get("version"))
     description = data.get("summary") or data.get("description") or ""
-    worker = data.get("worker")
-    if worker is not None:
-        if not isinstance(worker, dict):
-            problems.platform("worker", "must be an object with 'path' and 'type'")
-        elif not str(worker.get("path") or "").strip():
-            problems.platform("worker.path", "missing - required when 'worker' is given")
-        elif not (root / str(worker["path"])).exists():
-            problems.platform(
-                "worker.path", f"{worker['path']!r} does not exist next to the manifest"
-            )
-    return name or "", str(version), str(description)
+    check_worker_block(problems, data.get("worker"), root)
+    return name or "", version, str(description)
 
 
 def inspect_manifest(
@@ -879,7 +345,7 @@ def inspect_manifest(
 ) -> tuple[ServiceManifest | None, list[ManifestProblem]]:
     """Validate a manifest given as parsed JSON: ``(manifest, problems)``. The manifest
     is ``None`` when an error leaves nothing to run."""
-    problems = _Problems()
+    problems = ProblemList()
     if not isinstance(data, dict):
         problems.error("", f"the manifest must be a JSON object, got {type(data).__name__}")
         return None, problems.items
@@ -908,8 +374,6 @@ def inspect_manifest(
         job = _job(raw, i, root, registry_dir, module_dir, seen, problems, source)
         if job is not None:
             jobs.append(job)
-    from .graph import dependency_problems
-
     for job_name, message in dependency_problems(jobs):
         job = next(j for j in jobs if j.name == job_name)
         problems.platform(f"service.jobs[{job.index}] ({job_name}).dependsOn", message)

@@ -137,8 +137,8 @@ def abandon_session(
 
 class Heartbeat:
     """A thread that keeps the ``heartbeat_at`` of a run's records fresh, through its
-    own store from ``open_store``: the session and job being worked on every
-    ``interval`` seconds, the run's other sessions (waiting for their turn) every
+    own store from ``open_store``: the session being worked on and its running jobs
+    every ``interval`` seconds, the run's other sessions (waiting for their turn) every
     :data:`QUEUED_EVERY` intervals. Usable as a context manager, once per run."""
 
     def __init__(
@@ -148,7 +148,8 @@ class Heartbeat:
         self._interval = interval
         self._lock = threading.Lock()
         self._sessions: set[str] = set()
-        self._current: tuple[str | None, str | None] = (None, None)
+        self._session: str | None = None
+        self._jobs: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -157,19 +158,27 @@ class Heartbeat:
         with self._lock:
             self._sessions.add(session_id)
 
-    def watch(self, session_id: str | None, job_id: str | None = None) -> None:
-        """Beat for ``session_id`` and ``job_id`` (being worked on) every interval."""
+    def watch(self, session_id: str, job_id: str | None = None) -> None:
+        """Beat for ``session_id`` (being worked on) every interval, and for ``job_id``
+        (running) until :meth:`job_ended`."""
         with self._lock:
-            self._current = (session_id, job_id)
-            if session_id is not None:
-                self._sessions.add(session_id)
+            self._session = session_id
+            self._sessions.add(session_id)
+            if job_id is not None:
+                self._jobs.add(job_id)
+
+    def job_ended(self, job_id: str) -> None:
+        """Stop beating for ``job_id`` (its record is final)."""
+        with self._lock:
+            self._jobs.discard(job_id)
 
     def release(self, session_id: str) -> None:
         """Stop beating for ``session_id`` (it is finished, or about to be deleted)."""
         with self._lock:
             self._sessions.discard(session_id)
-            if self._current[0] == session_id:
-                self._current = (None, None)
+            if self._session == session_id:
+                self._session = None
+                self._jobs.clear()
 
     def __enter__(self) -> Heartbeat:
         self._stop = threading.Event()
@@ -183,17 +192,18 @@ class Heartbeat:
             self._thread.join(10)
         with self._lock:
             self._sessions.clear()
-            self._current = (None, None)
+            self._session = None
+            self._jobs.clear()
 
     def _beat(self, store: Store, tick: int) -> None:
         with self._lock:
-            (session, job), others = self._current, sorted(self._sessions)
+            session, jobs, others = self._session, sorted(self._jobs), sorted(self._sessions)
         now = utcnow()
         targets = others if tick % QUEUED_EVERY == 0 else [session] if session else []
         for session_id in targets:
             store.update_session(session_id, heartbeat_at=now)
-        if job is not None:
-            store.update_job(job, heartbeat_at=now)
+        for job_id in jobs:
+            store.update_job(job_id, heartbeat_at=now)
 
     def _loop(self) -> None:
         store: Store | None = None

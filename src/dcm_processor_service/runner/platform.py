@@ -58,22 +58,6 @@ __all__ = [
 
 #: Keywords of a registry callback call (the scheduler's callback check).
 REGISTRY_KEYWORDS: Final = ("session_id", "job_name", "headers", "added_params", "params")
-#: Keywords of a worker call: the scheduler's job arguments plus ``job_id``.
-WORKER_KEYWORDS: Final = (
-    "job_name",
-    "worker_id",
-    "worker_type",
-    "service_id",
-    "event",
-    "session_id",
-    "headers",
-    "added_params",
-    "params",
-    "db_provider",
-    "db_name",
-    "db_url",
-    "job_id",
-)
 #: Keywords of the pre-/post-services hook calls.
 HOOK_KEYWORDS: Final = (
     "session_id",
@@ -84,6 +68,16 @@ HOOK_KEYWORDS: Final = (
     "db_name",
     "db_url",
     "job_id",
+)
+#: Keywords of a worker call: the scheduler's job arguments plus ``job_id`` - the job's
+#: identity, then the same keywords as a hook's, in the same order.
+WORKER_KEYWORDS: Final = (
+    "job_name",
+    "worker_id",
+    "worker_type",
+    "service_id",
+    "event",
+    *HOOK_KEYWORDS,
 )
 #: The package name the worker gives the service's module folder.
 WORKER_PACKAGE: Final = "service_module"

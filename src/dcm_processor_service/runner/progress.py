@@ -8,10 +8,9 @@ overrides only what it needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .runner import JobRun, SessionRun
+from .report import JobRun, SessionRun
 
 __all__ = ["RunObserver"]
 

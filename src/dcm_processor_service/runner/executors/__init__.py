@@ -1,0 +1,21 @@
+"""Executors: where and how the runner's jobs run (see :mod:`.base` for the seam).
+
+:class:`LocalExecutor` (:mod:`.local`) runs each job in its own process on this
+machine, one after the other. Names are imported lazily.
+"""
+
+from __future__ import annotations
+
+from ..._lazy import lazy_attributes
+
+__all__ = ["Executor", "JobListener", "JobOutcome", "JobTask", "LocalExecutor"]
+
+_WHERE = {
+    "Executor": "base",
+    "JobListener": "base",
+    "JobOutcome": "base",
+    "JobTask": "base",
+    "LocalExecutor": "local",
+}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())
