@@ -27,7 +27,7 @@ from dcm_processor_service.runner.entries import parse_entry
 from dcm_processor_service.runner.executors.base import JobListener
 from dcm_processor_service.runner.platform import WORKER_KEYWORDS
 from dcm_processor_service.store import open_store
-from support.services import CONTEXT_VARIABLES, sample_series, write_service
+from support.services import CONTEXT_VARIABLES, sample_series, sample_two_studies, write_service
 
 
 class RecordingExecutor:
@@ -82,10 +82,7 @@ class Listener:
 def test_the_runner_submits_the_platforms_graph_with_each_jobs_dependencies(
     tmp_path: Path,
 ) -> None:
-    first, second = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"
-    sample_series(tmp_path / "in" / "a1", study_uid=first, description="a1")
-    sample_series(tmp_path / "in" / "a2", study_uid=first, description="a2", slices=3)
-    sample_series(tmp_path / "in" / "b1", study_uid=second, description="b1")
+    sample_two_studies(tmp_path / "in")
     service = write_service(
         tmp_path / "svc",
         [

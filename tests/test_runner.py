@@ -21,7 +21,14 @@ from dcm_processor_service.progress import heartbeat, report_progress
 from dcm_processor_service.runner import Runner, RunObserver, load_manifest
 from dcm_processor_service.runner.manifest import manifest_for_function
 from dcm_processor_service.store import Peer, open_store
-from support.services import CONTEXT_VARIABLES, sample_series, write_service
+from support.services import (
+    CONTEXT_VARIABLES,
+    FIRST_STUDY,
+    SECOND_STUDY,
+    sample_series,
+    sample_two_studies,
+    write_service,
+)
 
 
 class Recorder(RunObserver):
@@ -244,10 +251,7 @@ def test_headers_per_event_in_platform_order(tmp_path: Path, store_dir: Path) ->
 def test_the_platforms_job_graph_for_a_patient_with_two_studies(
     tmp_path: Path, store_dir: Path
 ) -> None:
-    first, second = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"
-    sample_series(tmp_path / "in" / "a1", study_uid=first, description="a1")
-    sample_series(tmp_path / "in" / "a2", study_uid=first, description="a2", slices=3)
-    sample_series(tmp_path / "in" / "b1", study_uid=second, description="b1")
+    sample_two_studies(tmp_path / "in")
     service = write_service(
         tmp_path / "svc",
         [
@@ -271,7 +275,7 @@ def test_the_platforms_job_graph_for_a_patient_with_two_studies(
     # per study: the jobs of its series, then its study job; the patient's after all
     study_of = [j.result["headers"]["StudyInstanceUID"] for j in report.jobs[1:6]]
     assert study_of[0] == study_of[1] == study_of[2] != study_of[3] == study_of[4]
-    assert {study_of[0], study_of[3]} == {first, second}
+    assert {study_of[0], study_of[3]} == {FIRST_STUDY, SECOND_STUDY}
     assert len(report.jobs[3].result["headers"]["Series"]) == 2
     assert len(report.jobs[6].result["headers"]["Studies"]) == 2
     assert report.sessions[0].series == 3

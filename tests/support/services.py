@@ -187,3 +187,15 @@ def sample_series(
         series_description=description,
         study_uid=study_uid,
     )
+
+
+#: The two studies of :func:`sample_two_studies`.
+FIRST_STUDY, SECOND_STUDY = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"
+
+
+def sample_two_studies(folder: Path) -> None:
+    """One patient, two studies: :data:`FIRST_STUDY` with series ``a1`` (4 slices) and
+    ``a2`` (3 slices), :data:`SECOND_STUDY` with series ``b1``, in ``folder``."""
+    sample_series(folder / "a1", study_uid=FIRST_STUDY, description="a1")
+    sample_series(folder / "a2", study_uid=FIRST_STUDY, description="a2", slices=3)
+    sample_series(folder / "b1", study_uid=SECOND_STUDY, description="b1")
