@@ -31,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from dcm_processor_service.dicom.derived import write_datasets  # noqa: E402
-from dcm_processor_service.dicom.nifti import (  # noqa: E402
+from dcm_processor_service.imaging.derived import write_datasets  # noqa: E402
+from dcm_processor_service.imaging.nifti_read import (  # noqa: E402
     dcm2niix_args,
     nifti_to_dicom,
     series_files_to_nifti,

@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dcm_processor_service import DicomInputError, InvalidInputError
-from dcm_processor_service.dicom.derived import (
+from dcm_processor_service.imaging.derived import (
     AlgorithmInfo,
     apply_charset,
     copy_reference_tags,
@@ -22,7 +22,7 @@ from dcm_processor_service.dicom.derived import (
     patient_age,
     write_datasets,
 )
-from dcm_processor_service.dicom.nifti import nifti_to_dicom
+from dcm_processor_service.imaging.nifti_read import nifti_to_dicom
 from support.imaging import TEST_FILES, dcentvfy, dciodvfy, make_affine, make_ct_series
 
 PATIENT_STUDY = (

@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dcm_processor_service.cli import main
-from dcm_processor_service.dicom.dicomdir import dicomdir_references
-from dcm_processor_service.dicom.index import ingest
+from dcm_processor_service.index.ingest import ingest
 from dcm_processor_service.net.sender import DicomSender
 from dcm_processor_service.runner.inputs import scan_inputs
+from dcm_processor_service.sources.dicomdir import dicomdir_references
 from dcm_processor_service.store import Store
 from support.dicomdata import files_in, test_file
 from support.peers import run_storescp

@@ -29,9 +29,8 @@ from dcm_processor_service import (
     NotFoundError,
     use_context,
 )
-from dcm_processor_service.dicom import series as series_api
-from dcm_processor_service.dicom.geometry import order_slices
-from dcm_processor_service.dicom.index import (
+from dcm_processor_service.index import series as series_api
+from dcm_processor_service.index.ingest import (
     INSTANCE_KEYWORDS,
     PATIENT_KEYWORDS,
     SERIES_KEYWORDS,
@@ -43,7 +42,8 @@ from dcm_processor_service.dicom.index import (
     iter_ingest,
     patient_key,
 )
-from dcm_processor_service.dicom.series import get_series_dicom
+from dcm_processor_service.index.order import order_slices
+from dcm_processor_service.index.series import get_series_dicom
 from dcm_processor_service.store import Store
 from support.dicomdata import (
     DICOMDIR_TESTS,
@@ -242,7 +242,7 @@ def test_unreadable_file_is_reported(store_url: tuple[str, str, str], tmp_path: 
     result = run_unprivileged(
         """
         import json
-        from dcm_processor_service.dicom.index import ingest
+        from dcm_processor_service.index.ingest import ingest
         from dcm_processor_service.store import open_store
         with open_store(*sys.argv[2:5]) as store:
             report = ingest(sys.argv[1], store=store)

@@ -19,15 +19,15 @@ import pytest
 from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
 from dcm_processor_service import ConversionError, DicomInputError, InvalidInputError
-from dcm_processor_service.dicom.derived import AlgorithmInfo, write_datasets
-from dcm_processor_service.dicom.nifti import (
+from dcm_processor_service.imaging.derived import AlgorithmInfo, write_datasets
+from dcm_processor_service.imaging.nifti_read import (
     choose_main_volume,
     dicom_series_to_nifti,
     find_dcm2niix,
     nifti_to_dicom,
     series_files_to_nifti,
 )
-from dcm_processor_service.dicom.simplified_json import get_simplified_json, parse_patient_age
+from dcm_processor_service.index.metadata import get_simplified_json, parse_patient_age
 from support.imaging import (
     CT5N,
     TEST_FILES,
@@ -501,7 +501,7 @@ def test_sidecar_describes_the_chosen_series_and_dcm2niix_is_logged(
 ) -> None:
     # MR2: three series (localizers) in one folder; files sorted by name start with another
     mr2 = TEST_FILES / "dicomdirtests" / "98892003" / "MR2"
-    with caplog.at_level(logging.DEBUG, logger="dcm_processor_service.dicom.nifti"):
+    with caplog.at_level(logging.DEBUG, logger="dcm_processor_service.imaging.nifti_read"):
         _, json_path, _ = series_files_to_nifti(mr2, tmp_path / "mr2.nii.gz")
     sidecar = json.loads(Path(json_path).read_text())
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in mr2.iterdir()}

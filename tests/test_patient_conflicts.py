@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 
 from dcm_processor_service import ConflictError, PatientConflictError
 from dcm_processor_service.cli import main
-from dcm_processor_service.dicom.index import IngestConflict, ingest
+from dcm_processor_service.index.ingest import IngestConflict, ingest
 from dcm_processor_service.store import Store, open_store
 from support.dicomdata import files_in, platform_patient_uid, sha256_file, test_file
 from support.services import write_service

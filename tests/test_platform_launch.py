@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from dcm_processor_service.dicom.index import ingest
+from dcm_processor_service.index.ingest import ingest
 from dcm_processor_service.runner import Runner, load_manifest
 from dcm_processor_service.runner.platform import HOOK_KEYWORDS, WORKER_KEYWORDS
 from dcm_processor_service.store import Peer, open_store

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from dcm_processor_service.dicom.simplified_json import metadata_values
+from dcm_processor_service.index.metadata import metadata_values
 from dcm_processor_service.store.record_values import platform_metadata
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from dcm_processor_service import DicomInputError, InvalidInputError, ServiceError, use_context
-from dcm_processor_service.dicom.index import ingest
+from dcm_processor_service.index.ingest import ingest
 from dcm_processor_service.progress import heartbeat, report_progress
 from dcm_processor_service.runner import Runner, RunObserver, load_manifest
 from dcm_processor_service.runner.manifest import manifest_for_function

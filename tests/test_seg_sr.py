@@ -13,10 +13,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dcm_processor_service import DicomInputError, InvalidInputError
-from dcm_processor_service.dicom.derived import AlgorithmInfo
-from dcm_processor_service.dicom.nifti import series_files_to_nifti
-from dcm_processor_service.dicom.seg import SegmentInfo, make_segmentation, sorted_source_images
-from dcm_processor_service.dicom.sr import (
+from dcm_processor_service.imaging.derived import AlgorithmInfo
+from dcm_processor_service.imaging.nifti_read import series_files_to_nifti
+from dcm_processor_service.imaging.seg import SegmentInfo, make_segmentation, sorted_source_images
+from dcm_processor_service.imaging.sr import (
     MeasurementInfo,
     make_measurement_report,
     make_text_report,

@@ -17,14 +17,14 @@ import pytest
 from pydicom import dcmread
 
 from dcm_processor_service import InvalidInputError, use_context
-from dcm_processor_service.dicom.geometry import (
+from dcm_processor_service.index.ingest import ingest
+from dcm_processor_service.index.order import (
     DEFAULT_PLANE_TOLERANCE,
     image_plane,
     slice_normal,
     slice_position,
 )
-from dcm_processor_service.dicom.index import ingest
-from dcm_processor_service.dicom.select import SeriesSelector, select_series
+from dcm_processor_service.index.select import SeriesSelector, select_series
 from dcm_processor_service.store import Store, open_store
 from support.dicomdata import DICOMDIR_TESTS, files_in, platform_patient_uid, write_ct_series
 from support.stores import PROVIDERS, make_store

@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from dcm_processor_service.dicom.index import ingest
+from dcm_processor_service.index.ingest import ingest
 from dcm_processor_service.store import JobRef, open_store
 from dcm_processor_service.store.sqlite import sqlite_path
 from support.dicomdata import test_file

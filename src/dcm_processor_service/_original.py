@@ -17,7 +17,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import DSfloat, format_number_as_ds
 
 from ._errors import InvalidInputError
-from .dicom.derived import (
+from .imaging.derived import (
     ENCAPSULATED_PDF_STORAGE,
     EQUIPMENT_KEYWORDS,
     IMAGE_SERIES_KEYWORDS,
@@ -26,7 +26,7 @@ from .dicom.derived import (
     make_pdf_dicom,
     new_uid,
 )
-from .dicom.geometry import image_plane, slice_normal
+from .index.order import image_plane, slice_normal
 
 __all__ = [
     "COPY_TAGS",

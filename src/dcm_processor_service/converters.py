@@ -9,10 +9,10 @@ from ._lazy import lazy_attributes
 from .db_manager import get_mgr
 
 _LAZY = {
-    "get_series_dicom": "dicom.series",
-    "get_series_nifti": "dicom.series_nifti",
-    "dicom_series_to_nifti": "dicom.nifti",
-    "get_simplified_json": "dicom.simplified_json",
+    "get_series_dicom": "index.series",
+    "get_series_nifti": "imaging.series_nifti",
+    "dicom_series_to_nifti": "imaging.nifti_read",
+    "get_simplified_json": "index.metadata",
 }
 
 __all__ = [*sorted(_LAZY), "get_mgr"]

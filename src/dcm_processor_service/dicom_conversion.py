@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._lazy import lazy_attributes
 
-_LAZY = {"dicom_series_to_nifti": "dicom.nifti", "get_simplified_json": "dicom.simplified_json"}
+_LAZY = {"dicom_series_to_nifti": "imaging.nifti_read", "get_simplified_json": "index.metadata"}
 
 __all__ = sorted(_LAZY)
 

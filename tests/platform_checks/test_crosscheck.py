@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 
 import dcm_processor_service as dps
 from dcm_processor_service import NotFoundError, use_context
-from dcm_processor_service.dicom.index import ingest
+from dcm_processor_service.index.ingest import ingest
 from dcm_processor_service.store.mongodb import MongoStore
 from platform_checks.conftest import (
     PEER,
@@ -557,7 +557,7 @@ def test_ours_to_platform_reingest_corrected_resend(platform: DBManager, ours: M
 def _input_for(ds: Any, peer_id: str) -> tuple[Any, io.BytesIO]:
     from pydicom import dcmwrite
 
-    from dcm_processor_service.dicom.index import instance_input
+    from dcm_processor_service.index.ingest import instance_input
 
     buffer = io.BytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)

@@ -11,9 +11,9 @@ from .._lazy import lazy_attributes
 _LAZY = {
     "DicomSender": "net.sender",
     "generate_dicom_from_pdf": "_original",
-    "make_pdf_dicom": "dicom.derived",
-    "make_series_dicom": "dicom.derived",
-    "nifti_to_dicom": "dicom.nifti",
+    "make_pdf_dicom": "imaging.derived",
+    "make_series_dicom": "imaging.derived",
+    "nifti_to_dicom": "imaging.nifti_read",
 }
 
 __all__ = sorted(_LAZY)

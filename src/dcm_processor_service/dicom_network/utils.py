@@ -18,9 +18,9 @@ _LAZY = {
     "get_orientation": "_original",
     "get_patient_orientation": "_original",
     "post_process_all_ds": "_original",
-    "make_pdf_dicom": "dicom.derived",
-    "make_series_dicom": "dicom.derived",
-    "nifti_to_dicom": "dicom.nifti",
+    "make_pdf_dicom": "imaging.derived",
+    "make_series_dicom": "imaging.derived",
+    "nifti_to_dicom": "imaging.nifti_read",
 }
 
 __all__ = sorted(_LAZY)

@@ -36,7 +36,7 @@ from pydicom.uid import (
 )
 
 from .._errors import DicomInputError, InvalidInputError
-from ..dicom.dicomdir import dicomdir_references
+from ..sources.dicomdir import dicomdir_references
 from .contexts import Route
 from .dimse import FileRegion
 

@@ -104,8 +104,8 @@ def scan_inputs(inputs: Sequence[str | os.PathLike[str]]) -> InputScan:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    from ..dicom.dicomdir import dicomdir_references
-    from ..dicom.index import patient_key
+    from ..index.ingest import patient_key
+    from ..sources.dicomdir import dicomdir_references
 
     files = expand_inputs(inputs)
     groups: dict[str, PatientGroup] = {}

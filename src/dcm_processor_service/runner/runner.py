@@ -224,7 +224,7 @@ class Runner:
     def _ingest(
         self, store: Store, scan: InputScan, peer: Peer | None, report: RunReport
     ) -> list[tuple[PatientGroup, SessionRun]]:
-        from ..dicom.index import IngestConflict, IngestFailure, StoredInstance, iter_ingest
+        from ..index.ingest import IngestConflict, IngestFailure, StoredInstance, iter_ingest
 
         report.ingest_failed.extend(scan.not_dicom)
         total = scan.dicom_files

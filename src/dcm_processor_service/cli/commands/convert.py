@@ -50,8 +50,8 @@ def convert(
     if _is_nifti(source):
         import nibabel as nib
 
-        from ...dicom.derived import write_datasets
-        from ...dicom.nifti import nifti_to_dicom
+        from ...imaging.derived import write_datasets
+        from ...imaging.nifti_read import nifti_to_dicom
 
         datasets = nifti_to_dicom(nib.load(source), modality, description, ref_dcm=reference)
         written = write_datasets(datasets, target)
@@ -68,7 +68,7 @@ def convert(
                 f"{target!r} - a DICOM series converts to a .nii or .nii.gz file",
                 param_hint="TARGET",
             )
-        from ...dicom.nifti import series_files_to_nifti
+        from ...imaging.nifti_read import series_files_to_nifti
 
         nifti_path, json_path, _ = series_files_to_nifti(source, target)
         slices = json.loads(Path(json_path).read_text(encoding="utf-8")).get("Slices")

@@ -27,7 +27,7 @@ def ingest(
     state: CliState, inputs: tuple[str, ...], peer: str | None, session_id: str | None
 ) -> int:
     """File DICOM INPUT (folders, files, DICOMDIRs) into the store's index."""
-    from ...dicom.index import IngestReport, iter_ingest
+    from ...index.ingest import IngestReport, iter_ingest
     from ...runner.inputs import expand_inputs
 
     files = expand_inputs(inputs)

@@ -24,7 +24,7 @@ __all__ = ["send"]
 @pass_state
 def send(state: CliState, peer: str, paths: tuple[str, ...], series_ids: tuple[str, ...]) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
-    from ...dicom.series import get_series_dicom
+    from ...index.series import get_series_dicom
     from ...net.results import Outcome
     from ...net.sender import DicomSender
     from ...runner.inputs import expand_inputs

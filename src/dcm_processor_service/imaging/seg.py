@@ -35,7 +35,6 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from .._errors import ConversionError, DicomInputError, InvalidInputError
-from ._img_geometry import FLIP_XY, max_position_error, series_index_affine, sort_by_position
 from .derived import (
     AlgorithmInfo,
     _check_description,
@@ -44,6 +43,7 @@ from .derived import (
     derived_series_number,
     new_uid,
 )
+from .geometry import FLIP_XY, max_position_error, series_index_affine, sort_by_position
 
 __all__ = ["SegmentInfo", "make_segmentation", "sorted_source_images"]
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._img_geometry import format_ds, format_ds_at_least
+from .geometry import format_ds, format_ds_at_least
 
 __all__ = ["PixelEncoding", "choose_encoding"]
 

@@ -48,13 +48,7 @@ from .._errors import (
     InvalidInputError,
     MissingDependencyError,
 )
-from ._img_geometry import (
-    FLIP_XY,
-    choose_display_mapping,
-    format_ds,
-    plane_of_orientation,
-)
-from ._img_pixels import PixelEncoding, choose_encoding
+from ..index.metadata import get_simplified_json
 from .derived import (
     AlgorithmInfo,
     _check_description,
@@ -70,7 +64,13 @@ from .derived import (
     package_version,
     reference_dataset,
 )
-from .simplified_json import get_simplified_json
+from .geometry import (
+    FLIP_XY,
+    choose_display_mapping,
+    format_ds,
+    plane_of_orientation,
+)
+from .pixels import PixelEncoding, choose_encoding
 
 __all__ = [
     "SeriesInput",

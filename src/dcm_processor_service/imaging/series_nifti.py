@@ -11,9 +11,9 @@ import os
 import tempfile
 from typing import Any
 
+from ..index.series import get_series_dicom
 from ..store.base import Store
-from .nifti import series_files_to_nifti
-from .series import get_series_dicom
+from .nifti_read import series_files_to_nifti
 
 __all__ = ["get_series_nifti"]
 

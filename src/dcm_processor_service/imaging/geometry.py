@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
 from .._errors import DicomInputError, InvalidInputError
-from .geometry import image_plane
+from ..index.order import image_plane
 
 __all__ = [
     "FLIP_XY",

@@ -74,8 +74,8 @@ from .._context import current_context
 from .._errors import InvalidInputError
 from .._runtime import store_for
 from ..store.base import Store
-from .geometry import DEFAULT_PLANE_TOLERANCE, PLANES, image_plane
-from .index import INSTANCE_KEYWORDS, PATIENT_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS, json_value
+from .ingest import INSTANCE_KEYWORDS, PATIENT_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS, json_value
+from .order import DEFAULT_PLANE_TOLERANCE, PLANES, image_plane
 from .series import SeriesRecord, read_header
 
 __all__ = ["DERIVED_KEYWORDS", "Selection", "SeriesSelector", "select_series"]

@@ -28,7 +28,6 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from .._errors import ConversionError, DicomInputError, InvalidInputError
-from ._img_geometry import series_index_affine
 from .derived import (
     AlgorithmInfo,
     _check_description,
@@ -37,6 +36,7 @@ from .derived import (
     derived_series_number,
     new_uid,
 )
+from .geometry import series_index_affine
 from .seg import sorted_source_images
 
 __all__ = [

@@ -90,11 +90,11 @@ from pydicom.valuerep import PersonName
 
 from .._errors import DicomInputError, InvalidInputError, PatientConflictError
 from .._runtime import store_for
+from ..sources.dicomdir import DicomdirReference, dicomdir_references
 from ..store.base import Store
 from ..store.record_values import patient_uid
 from ..store.records import InstanceInput
-from .dicomdir import DicomdirReference, dicomdir_references
-from .simplified_json import metadata_values
+from .metadata import metadata_values
 
 __all__ = [
     "INSTANCE_KEYWORDS",

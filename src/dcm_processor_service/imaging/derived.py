@@ -59,7 +59,7 @@ from .._errors import DicomInputError, InvalidInputError
 
 if TYPE_CHECKING:
     from highdicom import ContributingEquipment
-from ._img_geometry import plane_of_orientation
+from .geometry import plane_of_orientation
 
 __all__ = [
     "SERIES_NUMBER_OFFSETS",

@@ -40,7 +40,7 @@ from .._context import current_context
 from .._errors import InvalidInputError, NotFoundError
 from .._runtime import store_for
 from ..store.base import CHUNK_SIZE, Store
-from .geometry import order_slices
+from .order import order_slices
 
 __all__ = [
     "InstanceRecord",

@@ -1,0 +1,2 @@
+"""The DICOM index: ingest, metadata schema, file verification, series access, selection,
+and the slice order."""
