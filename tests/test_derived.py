@@ -12,17 +12,20 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dcm_processor_service import DicomInputError, InvalidInputError
-from dcm_processor_service.imaging.derived import (
+from dcm_processor_service import (
     AlgorithmInfo,
-    apply_charset,
-    copy_reference_tags,
+    DicomInputError,
+    InvalidInputError,
     make_pdf_dicom,
     make_series_dicom,
-    patient_age,
+    nifti_to_dicom,
     write_datasets,
 )
-from dcm_processor_service.imaging.nifti_read import nifti_to_dicom
+from dcm_processor_service.imaging.reference import (
+    apply_charset,
+    copy_reference_tags,
+    patient_age,
+)
 from support.imaging import TEST_FILES, dcentvfy, dciodvfy, make_affine, make_ct_series
 
 PATIENT_STUDY = (

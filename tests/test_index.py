@@ -31,15 +31,17 @@ from dcm_processor_service import (
 )
 from dcm_processor_service.index import series as series_api
 from dcm_processor_service.index.ingest import (
-    INSTANCE_KEYWORDS,
-    PATIENT_KEYWORDS,
-    SERIES_KEYWORDS,
-    STUDY_KEYWORDS,
     IngestFailure,
     IngestSkip,
     StoredInstance,
     ingest,
     iter_ingest,
+)
+from dcm_processor_service.index.metadata import (
+    INSTANCE_KEYWORDS,
+    PATIENT_KEYWORDS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
     patient_key,
 )
 from dcm_processor_service.index.order import order_slices

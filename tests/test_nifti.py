@@ -18,13 +18,19 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
-from dcm_processor_service import ConversionError, DicomInputError, InvalidInputError
-from dcm_processor_service.imaging.derived import AlgorithmInfo, write_datasets
+import dcm_processor_service as dps
+from dcm_processor_service import (
+    AlgorithmInfo,
+    ConversionError,
+    DicomInputError,
+    InvalidInputError,
+    nifti_to_dicom,
+    write_datasets,
+)
 from dcm_processor_service.imaging.nifti_read import (
     choose_main_volume,
     dicom_series_to_nifti,
     find_dcm2niix,
-    nifti_to_dicom,
     series_files_to_nifti,
 )
 from dcm_processor_service.index.metadata import get_simplified_json, parse_patient_age
@@ -421,7 +427,11 @@ def test_series_to_nifti_matches_the_dcm2niix_cli(tmp_path: Path) -> None:
             "XRayExposure",
         ):
             assert sidecar[key] == value, key
-    first = pydicom.dcmread(sorted(CT5N.iterdir())[0], stop_before_pixels=True)
+    # the sidecar describes the series' first slice in slice order (lowest position along
+    # the normal), not the first file name
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(CT5N.iterdir())]
+    first = headers[dps.order_slices(headers)[0]]
+    assert min(float(h.ImagePositionPatient[2]) for h in headers) == first.ImagePositionPatient[2]
     assert sidecar["Slices"] == 5
     assert sidecar["SeriesInstanceUID"] == first.SeriesInstanceUID
     assert sidecar["SOPInstanceUID"] == first.SOPInstanceUID

@@ -12,8 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dcm_processor_service import DicomInputError, InvalidInputError
-from dcm_processor_service.imaging.derived import AlgorithmInfo
+from dcm_processor_service import AlgorithmInfo, DicomInputError, InvalidInputError
 from dcm_processor_service.imaging.nifti_read import series_files_to_nifti
 from dcm_processor_service.imaging.seg import SegmentInfo, make_segmentation, sorted_source_images
 from dcm_processor_service.imaging.sr import (

@@ -310,7 +310,7 @@ def test_compat_methods_return_one_status_dataset_per_instance(
         missing = tmp_path / "missing.dcm"
         from_list = sender.send_dicom_from_filelist([samples["ct"], missing])
         assert [int(ds.Status) for ds in from_list] == [0, 0xC000]
-        assert from_list[1].ErrorComment == "not sent: file not found"
+        assert from_list[1].ErrorComment == "not sent: does not exist"
 
         pdf, sr = make_encapsulated_pdf(), make_text_sr()
         before = pdf.to_json_dict()
@@ -747,7 +747,6 @@ def test_bad_arguments_are_rejected_at_construction(kwargs: dict[str, object], m
     ("source", "match"),
     [
         (42, "expected a path, a pydicom Dataset or an iterable"),
-        ([3.5], "invalid input item #0: float"),
         (b"bytes", "bytes"),
     ],
 )
@@ -755,6 +754,17 @@ def test_bad_send_sources_are_rejected(source: object, match: str) -> None:
     sender = DicomSender("ME", "127.0.0.1", free_port())
     with pytest.raises(InvalidInputError, match=match):
         sender.send(source)  # type: ignore[arg-type]
+
+
+def test_a_bad_item_of_a_list_is_a_local_failure(samples: dict[str, Path]) -> None:
+    """As in every reader of DICOM input (sources): the item is reported, the others
+    are still read - here nothing is sendable, so no association is even opened."""
+    sender = DicomSender("ME", "127.0.0.1", free_port())
+    report = sender.send([3.5, b"raw"])  # type: ignore[list-item]
+    assert [r.source for r in report.results] == ["3.5", "<item #1: bytes>"]
+    assert "not a path or a pydicom Dataset (float)" in str(report.results[0].error)
+    assert "raw bytes are not a source" in str(report.results[1].error)
+    assert not report.ok and report.associations == 0
 
 
 def test_compat_methods_reject_wrong_types_and_missing_paths(tmp_path: Path) -> None:

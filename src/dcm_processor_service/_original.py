@@ -17,14 +17,13 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import DSfloat, format_number_as_ds
 
 from ._errors import InvalidInputError
-from .imaging.derived import (
-    ENCAPSULATED_PDF_STORAGE,
+from .dicom_values import new_uid
+from .imaging.derived import ENCAPSULATED_PDF_STORAGE, make_pdf_dicom
+from .imaging.reference import (
     EQUIPMENT_KEYWORDS,
     IMAGE_SERIES_KEYWORDS,
     PATIENT_KEYWORDS,
     STUDY_KEYWORDS,
-    make_pdf_dicom,
-    new_uid,
 )
 from .index.order import image_plane, slice_normal
 

@@ -557,7 +557,7 @@ def test_ours_to_platform_reingest_corrected_resend(platform: DBManager, ours: M
 def _input_for(ds: Any, peer_id: str) -> tuple[Any, io.BytesIO]:
     from pydicom import dcmwrite
 
-    from dcm_processor_service.index.ingest import instance_input
+    from dcm_processor_service.index.metadata import instance_input
 
     buffer = io.BytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)

@@ -13,7 +13,7 @@ _LAZY = {
     "generate_dicom_from_pdf": "_original",
     "make_pdf_dicom": "imaging.derived",
     "make_series_dicom": "imaging.derived",
-    "nifti_to_dicom": "imaging.nifti_read",
+    "nifti_to_dicom": "imaging.nifti_write",
 }
 
 __all__ = sorted(_LAZY)

@@ -20,7 +20,7 @@ _LAZY = {
     "post_process_all_ds": "_original",
     "make_pdf_dicom": "imaging.derived",
     "make_series_dicom": "imaging.derived",
-    "nifti_to_dicom": "imaging.nifti_read",
+    "nifti_to_dicom": "imaging.nifti_write",
 }
 
 __all__ = sorted(_LAZY)

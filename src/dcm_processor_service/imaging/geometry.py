@@ -1,4 +1,5 @@
-"""Image geometry shared by the NIfTI and derived-object writers (private).
+"""Image geometry shared by the NIfTI and derived-object writers: affines, display
+orientation, and whether images form one volume.
 
 Conventions used throughout:
 
@@ -12,27 +13,25 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.valuerep import format_number_as_ds
 
 from .._errors import DicomInputError, InvalidInputError
-from ..index.order import image_plane
+from ..index.order import SAME_ORIENTATION_DEGREES, image_plane, slice_normal
 
 __all__ = [
     "FLIP_XY",
     "DisplayMapping",
+    "check_stack",
     "choose_display_mapping",
-    "format_ds",
-    "format_ds_at_least",
     "max_position_error",
     "plane_of_orientation",
     "series_index_affine",
-    "sort_by_position",
 ]
 
 #: Multiply a 4x4 affine by this (from the left) to go RAS <-> LPS.
@@ -49,36 +48,10 @@ _DISPLAY: Final = {
 }
 
 
-def format_ds(value: float) -> str:
-    """Return ``value`` as a DICOM DS string of at most 16 characters (max precision)."""
-    value = float(value)
-    if value == 0.0:
-        return "0"
-    if value.is_integer() and abs(value) < 1e15:
-        text = str(int(value))
-        if len(text) <= 16:
-            return text
-    return format_number_as_ds(value)
-
-
-def format_ds_at_least(value: float) -> str:
-    """Return a DS string (<= 16 chars) whose value is ``>= value``.
-
-    Used for rescale slopes: a slope rounded *down* by the 16-character limit would map
-    the largest value one step past the top of the stored range.
-    """
-    value = float(value)
-    for relative in (0.0, 1e-15, 1e-14, 1e-13, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8):
-        text = format_ds(value + abs(value) * relative)
-        if float(text) >= value:
-            return text
-    raise ValueError(f"cannot format {value!r} as a DS not below it")  # pragma: no cover
-
-
 def plane_of_orientation(orientation: Sequence[float], tolerance_deg: float | None = None) -> str:
     """Classify an ``ImageOrientationPatient`` as AXIAL, CORONAL, SAGITTAL or OBLIQUE.
 
-    The package-wide rule of :func:`dcm_processor_service.dicom.geometry.image_plane`
+    The package-wide rule of :func:`dcm_processor_service.index.order.image_plane`
     (the patient axis nearest the slice normal, OBLIQUE beyond its tolerance), upper-cased
     for ``ImageType``.
     """
@@ -150,18 +123,12 @@ def choose_display_mapping(affine_lps: np.ndarray, shape: Sequence[int]) -> Disp
     return DisplayMapping(column_axis, flip_c, flip_r, index_to_voxel)
 
 
-def _normal_of(ds: Dataset) -> np.ndarray:
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-    normal = np.cross(iop[:3], iop[3:])
-    return normal / np.linalg.norm(normal)
-
-
-def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Sort single-frame images along their slice normal (ascending position).
-
-    Raises :class:`DicomInputError` if an image lacks ImagePositionPatient /
-    ImageOrientationPatient, or if the images are not parallel.
-    """
+def check_stack(datasets: Sequence[Dataset]) -> None:
+    """Check that single-frame images form one volume: each has ImagePositionPatient,
+    ImageOrientationPatient, Rows and Columns, and all are parallel (normals within
+    :data:`~dcm_processor_service.index.order.SAME_ORIENTATION_DEGREES`, the slice-order
+    rule's tolerance). Raises :class:`DicomInputError` naming the first image that is
+    not."""
     if not datasets:
         raise InvalidInputError("no source images given - need at least one DICOM image")
     for index, ds in enumerate(datasets):
@@ -175,19 +142,14 @@ def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
                 f"source image {index} ({ds.get('SOPInstanceUID', '?')}) lacks "
                 f"{', '.join(missing)} - cannot place it in a volume"
             )
-    normal = _normal_of(datasets[0])
+    normal = np.asarray(slice_normal(datasets[0].ImageOrientationPatient))
+    limit = math.cos(math.radians(SAME_ORIENTATION_DEGREES))
     for index, ds in enumerate(datasets[1:], start=1):
-        if abs(float(_normal_of(ds) @ normal)) < 0.9999:
+        if abs(float(np.asarray(slice_normal(ds.ImageOrientationPatient)) @ normal)) < limit:
             raise DicomInputError(
                 f"source image {index} ({ds.get('SOPInstanceUID', '?')}) is not parallel to "
                 "the first one - the images do not form one volume"
             )
-    keyed = [
-        (float(np.asarray([float(v) for v in ds.ImagePositionPatient]) @ normal), i, ds)
-        for i, ds in enumerate(datasets)
-    ]
-    keyed.sort(key=lambda item: (item[0], item[1]))
-    return [ds for _, _, ds in keyed]
 
 
 def series_index_affine(sorted_datasets: Sequence[Dataset]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Choosing how a volume's values are stored in 16-bit DICOM pixels (private).
+"""Choosing how a volume's values are stored in 16-bit DICOM pixels.
 
 DICOM CT and MR images store integers of at most 16 bits; the real value is
 ``stored * RescaleSlope + RescaleIntercept``. :func:`choose_encoding` looks at the whole
@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from .geometry import format_ds, format_ds_at_least
+from ..dicom_values import format_ds, format_ds_at_least
 
 __all__ = ["PixelEncoding", "choose_encoding"]
 

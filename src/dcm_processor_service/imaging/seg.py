@@ -10,8 +10,10 @@ Array layout
   must be the source's (same voxels, possibly permuted/flipped), else
   :class:`~dcm_processor_service.InvalidInputError` says how they differ; or
 * a **numpy array in DICOM layout** ``(slices, rows, columns)``: ``labels[s, r, c]`` is
-  the pixel at row ``r``, column ``c`` of the ``s``-th source image **sorted by position
-  along the slice normal** (ascending; :func:`sorted_source_images` gives that order).
+  the pixel at row ``r``, column ``c`` of the ``s``-th source image **in slice order**
+  (by position along the slice normal, ascending, then InstanceNumber, then
+  SOPInstanceUID - the package's one rule; :func:`sorted_source_images` gives that
+  order, whatever order the images are given in).
   To pass a NIfTI-layout array ``data[i, j, k]``, pass the nibabel image instead.
 
 Values: 0 is background; every other integer value becomes one segment (segment
@@ -28,22 +30,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from .._errors import ConversionError, DicomInputError, InvalidInputError
-from .derived import (
-    AlgorithmInfo,
-    _check_description,
-    _check_series_number,
-    copy_reference_tags,
-    derived_series_number,
-    new_uid,
-)
-from .geometry import FLIP_XY, max_position_error, series_index_affine, sort_by_position
+from ..dicom_values import check_lo, new_uid
+from .geometry import FLIP_XY, max_position_error, series_index_affine
+from .provenance import AlgorithmInfo
+from .reference import copy_reference_tags, derived_series_number
+from .source_images import import_highdicom, sorted_source_images
 
 __all__ = ["SegmentInfo", "make_segmentation", "sorted_source_images"]
 
@@ -67,48 +63,6 @@ class SegmentInfo:
     anatomic_region: Code | None = None
     tracking_id: str | None = None
     color: tuple[int, int, int] | None = None
-
-
-def _read_sources(source_images: Sequence[Any]) -> list[Dataset]:
-    if isinstance(source_images, (Dataset, str, os.PathLike)):
-        source_images = [source_images]
-    datasets: list[Dataset] = []
-    for index, item in enumerate(source_images):
-        if isinstance(item, Dataset):
-            datasets.append(item)
-        elif isinstance(item, (str, os.PathLike)):
-            try:
-                datasets.append(pydicom.dcmread(item, stop_before_pixels=True))
-            except (InvalidDicomError, OSError) as exc:
-                raise DicomInputError(
-                    f"source image {index} {os.fspath(item)!r} is not a readable DICOM file: {exc}"
-                ) from exc
-        else:
-            raise InvalidInputError(
-                f"invalid 'source_images' item {index} of type {type(item).__name__} - must be "
-                "a pydicom Dataset or a DICOM file path"
-            )
-    if not datasets:
-        raise InvalidInputError("invalid 'source_images' value [] - need the source series")
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
-    if len(series) != 1:
-        raise DicomInputError(
-            f"'source_images' come from {len(series)} series ({', '.join(sorted(series))}) - "
-            "a segmentation references the images of one series"
-        )
-    return datasets
-
-
-def sorted_source_images(source_images: Sequence[Any]) -> list[Dataset]:
-    """The source images in the order of the label array's first axis.
-
-    Single-frame images are sorted by position along the slice normal (ascending); a
-    single multi-frame image is returned as is (its frames are the slices).
-    """
-    datasets = _read_sources(source_images)
-    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
-        return datasets
-    return sort_by_position(datasets)
 
 
 def _source_shape(sources: Sequence[Dataset]) -> tuple[int, int, int]:
@@ -295,16 +249,9 @@ def make_segmentation(
     (both shapes are named) or are not integers; :class:`DicomInputError` for source
     images without geometry or from several series.
     """
-    try:
-        import highdicom as hd
-    except ImportError as exc:  # pragma: no cover - highdicom is a core dependency
-        from .._errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            "DICOM Segmentation needs highdicom - pip install highdicom"
-        ) from exc
-    description = _check_description(series_description)
-    label_text = _check_description(content_label, "content_label")
+    hd = import_highdicom("DICOM Segmentation")
+    description = check_lo(series_description)
+    label_text = check_lo(content_label, "content_label")
     sources = sorted_source_images(source_images)
     array = _as_label_array(labels, sources)
     present = [int(v) for v in np.unique(array) if v != 0]
@@ -342,11 +289,7 @@ def make_segmentation(
         )
     mapped = lut[array]
     mapped = mapped.astype(np.uint8) if len(table) < 256 else mapped
-    number = (
-        derived_series_number(sources[0], "seg")
-        if series_number is None
-        else _check_series_number(series_number)
-    )
+    number = derived_series_number(sources[0], "seg", series_number)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources,

@@ -1,7 +1,7 @@
 """``get_series_nifti``: a stored series straight to NIfTI.
 
 Joins series access (the store's bytes, written as files in anatomical order) with the
-dcm2niix conversion of :func:`~dcm_processor_service.dicom.nifti.series_files_to_nifti`.
+dcm2niix conversion of :func:`~dcm_processor_service.series_files_to_nifti`.
 The DICOM files live in a private temporary folder that is removed afterwards.
 """
 

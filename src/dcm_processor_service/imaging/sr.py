@@ -16,28 +16,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from .._errors import ConversionError, DicomInputError, InvalidInputError
-from .derived import (
-    AlgorithmInfo,
-    _check_description,
-    _check_series_number,
-    copy_reference_tags,
-    derived_series_number,
-    new_uid,
-)
+from ..dicom_values import check_lo, new_uid
+from ..sources import read_dataset
 from .geometry import series_index_affine
-from .seg import sorted_source_images
+from .provenance import AlgorithmInfo
+from .reference import copy_reference_tags, derived_series_number
+from .source_images import import_highdicom, sorted_source_images
 
 __all__ = [
     "MeasurementInfo",
@@ -91,20 +85,38 @@ def _texts(value: str | Sequence[str] | None, what: str) -> list[str]:
     return items
 
 
-def _import_highdicom() -> Any:
+def _report(
+    make: Callable[..., Dataset],
+    what: str,
+    sources: Sequence[Dataset],
+    *,
+    evidence: Sequence[Dataset],
+    content: Any,
+    series_number: int | None,
+    series_description: str,
+    algorithm: AlgorithmInfo,
+    is_final: bool,
+) -> Dataset:
+    """``make`` (a highdicom SR class) with what every report of this package has: new
+    UIDs, the series number (the source's + 3000 unless given), the algorithm as
+    manufacturer and contributing equipment, the source's patient and study."""
     try:
-        import highdicom as hd
-    except ImportError as exc:  # pragma: no cover - highdicom is a core dependency
-        from .._errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            "structured reports need highdicom - pip install highdicom"
-        ) from exc
-    return hd
-
-
-def _series_number(ref: Dataset, value: int | None) -> int:
-    return derived_series_number(ref, "sr") if value is None else _check_series_number(value)
+        report = make(
+            evidence=list(evidence),
+            content=content,
+            series_instance_uid=new_uid(),
+            series_number=derived_series_number(sources[0], "sr", series_number),
+            sop_instance_uid=new_uid(),
+            instance_number=1,
+            manufacturer=algorithm.manufacturer,
+            is_complete=is_final,
+            series_description=series_description or None,
+            contributing_equipment=[algorithm.contributing_equipment()],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConversionError(f"highdicom could not build the {what}: {exc}") from exc
+    copy_reference_tags(sources[0], report)
+    return report
 
 
 def _text_section(hd: Any, section: Any, item: Any, texts: Sequence[str]) -> Any:
@@ -140,12 +152,12 @@ def make_text_report(
     report COMPLETE (else PARTIAL); it is never marked VERIFIED (no human signed it).
     Returns a :class:`highdicom.sr.EnhancedSR` (a pydicom Dataset).
     """
-    hd = _import_highdicom()
+    hd = import_highdicom("structured reports")
     finding_texts = _texts(findings, "findings")
     if not finding_texts:
         raise InvalidInputError("invalid 'findings' value - need at least one finding text")
     impression_texts = _texts(impressions, "impressions")
-    description = _check_description(series_description)
+    description = check_lo(series_description)
     sources = sorted_source_images(source_images)
     alg = algorithm or AlgorithmInfo.default()
 
@@ -159,37 +171,16 @@ def make_text_report(
             _text_section(hd, codes.DCM.Impressions, codes.DCM.Impression, impression_texts)
         )
     root.ContentSequence = hd.sr.ContentSequence(children)
-    try:
-        report = hd.sr.EnhancedSR(
-            evidence=sources,
-            content=root,
-            series_instance_uid=new_uid(),
-            series_number=_series_number(sources[0], series_number),
-            sop_instance_uid=new_uid(),
-            instance_number=1,
-            manufacturer=alg.manufacturer,
-            is_complete=is_final,
-            series_description=description or None,
-            contributing_equipment=[alg.contributing_equipment()],
-        )
-    except (ValueError, TypeError) as exc:
-        raise ConversionError(f"highdicom could not build the text report: {exc}") from exc
-    copy_reference_tags(sources[0], report)
-    return report
-
-
-def _read(item: Any, what: str) -> Dataset:
-    if isinstance(item, Dataset):
-        return item
-    if isinstance(item, (str, os.PathLike)):
-        try:
-            return pydicom.dcmread(item)
-        except (InvalidDicomError, OSError) as exc:
-            raise DicomInputError(
-                f"'{what}' {os.fspath(item)!r} is not readable DICOM: {exc}"
-            ) from exc
-    raise InvalidInputError(
-        f"invalid '{what}' value of type {type(item).__name__} - must be a pydicom Dataset or path"
+    return _report(
+        hd.sr.EnhancedSR,
+        "text report",
+        sources,
+        evidence=sources,
+        content=root,
+        series_number=series_number,
+        series_description=description,
+        algorithm=alg,
+        is_final=is_final,
     )
 
 
@@ -201,7 +192,7 @@ def segment_volumes(
     Every SEG frame is one source slice, so a segment's volume is its pixel count times
     the source voxel volume (pixel spacing times slice spacing).
     """
-    seg = _read(segmentation, "segmentation")
+    seg = read_dataset(segmentation, "segmentation", pixels=True)
     if str(seg.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
         raise DicomInputError(
             f"'segmentation' has SOP class {seg.get('SOPClassUID', '?')} - a Segmentation "
@@ -267,10 +258,10 @@ def make_measurement_report(
     the source modality (CT/MR unspecified body region, else "Imaging procedure").
     Returns a :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset).
     """
-    hd = _import_highdicom()
-    seg = _read(segmentation, "segmentation")
+    hd = import_highdicom("structured reports")
+    seg = read_dataset(segmentation, "segmentation", pixels=True)
     sources = sorted_source_images(source_images)
-    description = _check_description(series_description)
+    description = check_lo(series_description)
     alg = algorithm or AlgorithmInfo.default()
     volumes = segment_volumes(seg, sources) if include_volume else {}
     extra = dict(measurements or {})
@@ -329,20 +320,18 @@ def make_measurement_report(
             procedure_reported=procedure_reported or _procedure_for(modality),
             imaging_measurements=groups,
         )
-        report = hd.sr.Comprehensive3DSR(
-            evidence=[*sources, seg],
-            content=content[0],
-            series_instance_uid=new_uid(),
-            series_number=_series_number(sources[0], series_number),
-            sop_instance_uid=new_uid(),
-            instance_number=1,
-            manufacturer=alg.manufacturer,
-            is_complete=is_final,
-            series_description=description or None,
-            contributing_equipment=[alg.contributing_equipment()],
-        )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ConversionError(f"highdicom could not build the measurement report: {exc}") from exc
-    copy_reference_tags(sources[0], report)
+    report = _report(
+        hd.sr.Comprehensive3DSR,
+        "measurement report",
+        sources,
+        evidence=[*sources, seg],
+        content=content[0],
+        series_number=series_number,
+        series_description=description,
+        algorithm=alg,
+        is_final=is_final,
+    )
     logger.debug("made TID 1500 report %s with %d segments", report.SOPInstanceUID, len(groups))
     return report

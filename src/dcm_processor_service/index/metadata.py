@@ -1,6 +1,22 @@
-"""A DICOM header as a plain, JSON-serialisable ``{keyword: value}`` dict.
+"""The metadata schema of the index records, and a header as simplified JSON.
 
-Rules (:func:`get_simplified_json`):
+**Record ``Metadata``** (SPEC §4): which tags each record keeps
+(:data:`PATIENT_KEYWORDS`, :data:`STUDY_KEYWORDS`, :data:`SERIES_KEYWORDS` for the
+patient, study and series records; :data:`INSTANCE_KEYWORDS` for an instance) and how
+their values are written:
+
+* :func:`metadata_values` - the patient, study and series ``Metadata``, by the
+  dcm-processor platform's rules (an empty tag is left out, ``PatientAge`` in whole
+  years, ...), so ``headers`` look the same whoever filed the instance;
+* :func:`instance_metadata` / :func:`json_value` - an instance's ``Metadata``: what
+  sorting, NIfTI conversion and selection need (geometry also from the shared
+  functional groups of enhanced multi-frame objects);
+* :func:`patient_key` - the ``PatientUID``; :func:`instance_input` - all of it for one
+  instance, ready for :meth:`Store.put_instance
+  <dcm_processor_service.store.Store.put_instance>`.
+
+**Simplified JSON** (:func:`get_simplified_json`, the original package's call): every
+standard element of a header as a plain, JSON-serialisable ``{keyword: value}`` dict:
 
 * Only standard elements with a keyword are kept; private tags, group lengths, file
   meta (group 0002) and binary data (pixel data, overlays, any ``OB``/``OW``/``OF``/
@@ -15,34 +31,367 @@ Rules (:func:`get_simplified_json`):
 * ``PatientAge`` becomes an ``int`` number of whole years (``"045Y"`` -> ``45``,
   ``"018M"`` -> ``1``); ``Slices`` is added when ``n_slices`` is given.
 * A value pydicom cannot parse (e.g. a malformed ``DS``) is kept as its raw text.
-
-:func:`metadata_values` gives the values of the index records' ``Metadata`` instead
-(the dcm-processor platform's rules: an empty tag is left out rather than ``None``,
-sequences are not included); see its documentation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any, Final
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import PersonName
 
 from .._errors import DicomInputError, InvalidInputError
-from ..store.record_values import parse_patient_age
+from ..dicom_values import is_uid, transfer_syntax_of
+from ..sources import read_dataset
+from ..store.record_values import parse_patient_age, patient_uid
+from ..store.records import InstanceInput
 
-__all__ = ["get_simplified_json", "metadata_values", "parse_patient_age"]
+__all__ = [
+    "HEADER_KEYWORDS",
+    "INSTANCE_KEYWORDS",
+    "PATIENT_KEYWORDS",
+    "REQUIRED_UIDS",
+    "SERIES_KEYWORDS",
+    "STUDY_KEYWORDS",
+    "get_simplified_json",
+    "instance_input",
+    "instance_metadata",
+    "json_value",
+    "metadata_values",
+    "parse_patient_age",
+    "patient_key",
+]
 
 logger = logging.getLogger(__name__)
 
+#: Patient-level tags kept in the patient (and study, series) record ``Metadata``.
+PATIENT_KEYWORDS: Final = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "TypeOfPatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "EthnicGroup",
+    "PatientComments",
+    "PatientSpeciesDescription",
+    "PatientBreedDescription",
+    "ResponsiblePerson",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+)
+
+#: Study-level tags kept in the study (and series) record ``Metadata``.
+STUDY_KEYWORDS: Final = (
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "RequestedProcedureDescription",
+    "AdmittingDiagnosesDescription",
+    "ReasonForTheRequestedProcedure",
+    "StudyStatusID",
+    "StudyPriorityID",
+)
+
+#: Series-level tags kept in the series record ``Metadata`` (with equipment and
+#: acquisition tags that are constant within a series and useful to select it).
+SERIES_KEYWORDS: Final = (
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Modality",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "Laterality",
+    "ProtocolName",
+    "SeriesDate",
+    "SeriesTime",
+    "PatientPosition",
+    "PerformedProcedureStepDescription",
+    "PerformedProcedureStepID",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "FrameOfReferenceUID",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+    "MagneticFieldStrength",
+    "ScanningSequence",
+    "SequenceVariant",
+    "SequenceName",
+    "MRAcquisitionType",
+    "ContrastBolusAgent",
+    "ConvolutionKernel",
+    "KVP",
+)
+
+#: Per-instance tags kept in the instance record ``Metadata``: what anatomical sorting,
+#: NIfTI conversion and series selection need.
+INSTANCE_KEYWORDS: Final = (
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "ImageType",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceLocation",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "EchoTime",
+    "EchoNumbers",
+    "RepetitionTime",
+    "InversionTime",
+    "FlipAngle",
+    "TriggerTime",
+    "TemporalPositionIdentifier",
+    "DiffusionBValue",
+    "ContrastBolusAgent",
+    "BurnedInAnnotation",
+)
+
+REQUIRED_UIDS: Final = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_PATIENT_KEY_KEYWORDS: Final = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+)
+_EXTRA_HEADER_KEYWORDS: Final = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SharedFunctionalGroupsSequence",
+    "DirectoryRecordSequence",
+)
+#: Tags the ingest reads from a file's header (everything else is skipped undecoded).
+HEADER_KEYWORDS: Final = tuple(
+    dict.fromkeys(
+        (
+            *PATIENT_KEYWORDS,
+            *STUDY_KEYWORDS,
+            *SERIES_KEYWORDS,
+            *INSTANCE_KEYWORDS,
+            *_EXTRA_HEADER_KEYWORDS,
+        )
+    )
+)
+
+
+# ---------------------------------------------------------- instance Metadata
+_SKIP = object()
+
+
+def _convert(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, (MultiValue, list, tuple)):
+        items = [_convert(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else items
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, (float, Decimal)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _SKIP
+    if isinstance(value, str):
+        return str(value)
+    return str(value)
+
+
+def json_value(element: DataElement) -> Any:
+    """The JSON-serialisable value of a pydicom data element.
+
+    ``PersonName`` → ``str``; multi-valued → ``list``; IS/US/SS/... → ``int``;
+    DS/FL/FD → ``float`` (non-finite → ``None``); dates, times and UIDs → ``str``; an
+    empty numeric value → ``None``, an empty text value → ``""``. Binary values (OB, OW,
+    UN, ...) and sequences raise :class:`InvalidInputError` — callers skip them.
+    """
+    if element.VR in _BINARY_VRS or element.VR == "SQ":
+        raise InvalidInputError(
+            f"element {element.keyword or element.tag} has binary VR {element.VR}"
+        )
+    value = _convert(element.value)
+    if value is _SKIP:
+        raise InvalidInputError(f"element {element.keyword or element.tag} holds undecoded bytes")
+    return value
+
+
+@functools.cache
+def _tags(keywords: tuple[str, ...]) -> tuple[tuple[BaseTag, str], ...]:
+    """(tag, keyword) pairs of a keyword list, computed once per list."""
+    pairs = ((tag_for_keyword(kw), kw) for kw in keywords)
+    return tuple((BaseTag(tag), kw) for tag, kw in pairs if tag is not None)
+
+
+def _metadata(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    present = ds.keys()
+    for tag, keyword in _tags(keywords):
+        if tag not in present:
+            continue
+        try:
+            meta[keyword] = json_value(ds[tag])
+        except InvalidInputError:
+            continue  # binary value: not metadata
+        except Exception as exc:  # a value pydicom cannot decode (strict validation mode)
+            logger.debug("skipping %s: %s: %s", keyword, type(exc).__name__, exc)
+    return meta
+
+
+def instance_metadata(ds: Dataset) -> dict[str, Any]:
+    meta = _metadata(ds, INSTANCE_KEYWORDS)
+    # Enhanced (multi-frame) objects keep geometry in the shared functional groups.
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        with contextlib.suppress(Exception):
+            group = shared[0]
+            for seq_kw, keywords in (
+                ("PlaneOrientationSequence", ("ImageOrientationPatient",)),
+                (
+                    "PixelMeasuresSequence",
+                    ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+                ),
+            ):
+                seq = group.get(seq_kw)
+                if seq:
+                    for keyword, value in _metadata(seq[0], keywords).items():
+                        meta.setdefault(keyword, value)
+    return meta
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def patient_key(ds: Dataset) -> str:
+    """The ``PatientUID`` of a dataset's patient: the platform's derivation (the hex
+    sha256 of ``PatientID[::IssuerOfPatientID]``, else of
+    ``PatientName[::PatientBirthDate][::PatientSex]``, else of ``StudyInstanceUID``),
+    computed from the record ``Metadata`` values — see
+    :func:`~dcm_processor_service.store.record_values.patient_uid`.
+
+    Raises :class:`DicomInputError` when the dataset has none of these.
+    """
+    values = metadata_values(ds, _PATIENT_KEY_KEYWORDS)
+    if not any(values.get(k) for k in ("PatientID", "PatientName", "StudyInstanceUID")):
+        raise DicomInputError(
+            "cannot build a patient key: no PatientID, no PatientName, no StudyInstanceUID"
+        )
+    return patient_uid(values)
+
+
+def _pick(values: dict[str, Any], keywords: tuple[str, ...]) -> dict[str, Any]:
+    return {k: values[k] for k in keywords if k in values}
+
+
+def instance_input(
+    ds: Dataset,
+    *,
+    transfer_syntax_uid: str | None = None,
+    peer_id: str | None = None,
+    session_id: str | None = None,
+) -> InstanceInput:
+    """Build the :class:`~dcm_processor_service.store.records.InstanceInput` that files
+    ``ds`` (a full dataset or a header read with ``stop_before_pixels``).
+
+    Raises :class:`DicomInputError` naming the missing or invalid UID(s) when
+    StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID or SOPClassUID (also taken from
+    the file meta's MediaStorageSOPClassUID) is absent or not a UID.
+    """
+    problems: list[str] = []
+    uids: dict[str, str] = {}
+    meta = getattr(ds, "file_meta", None)
+    for keyword in (*REQUIRED_UIDS, "SOPClassUID"):
+        value = _text(ds, keyword)
+        if not value and keyword == "SOPClassUID" and meta is not None:
+            value = str(meta.get("MediaStorageSOPClassUID") or "").strip()
+        if not value:
+            problems.append(f"{keyword} is missing")
+        elif not is_uid(value):
+            problems.append(
+                f"{keyword} {value[:70]!r} is not a UID (digits and dots, at most 64 characters)"
+            )
+        uids[keyword] = value
+    if problems:
+        raise DicomInputError("; ".join(problems))
+    header = {**metadata_values(ds), **uids}
+    patient_meta = _pick(header, PATIENT_KEYWORDS)
+    study_meta = _pick(header, STUDY_KEYWORDS)
+    series_meta = _pick(header, SERIES_KEYWORDS)
+    modality = series_meta.get("Modality")
+    return InstanceInput(
+        patient_uid=patient_uid(header),
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax_uid=transfer_syntax_uid
+        or transfer_syntax_of(ds)
+        or str(ExplicitVRLittleEndian),
+        patient_meta=patient_meta,
+        study_meta=study_meta,
+        series_meta=series_meta,
+        instance_meta=instance_metadata(ds),
+        modality=str(modality) if isinstance(modality, str) and modality else None,
+        peer_id=peer_id,
+        session_id=session_id,
+        header=header,
+    )
+
+
+# ------------------------------------------------------------ value conversion
 _BINARY_VRS: Final = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
 _INT_VRS: Final = frozenset({"IS", "SS", "US", "SL", "UL", "SV", "UV", "US or SS"})
 _FLOAT_VRS: Final = frozenset({"DS", "FL", "FD"})
@@ -185,6 +534,7 @@ def metadata_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> 
     return out
 
 
+# ------------------------------------------------------------- simplified JSON
 def get_simplified_json(
     ds: Dataset | str | os.PathLike[str] | None = None,
     n_slices: int | None = None,
@@ -208,18 +558,7 @@ def get_simplified_json(
     dataset = ds if ds is not None else dataset
     if dataset is None:
         raise InvalidInputError("missing 'ds' - a pydicom Dataset or a path to a DICOM file")
-    if isinstance(dataset, (str, os.PathLike)):
-        try:
-            dataset = pydicom.dcmread(dataset, stop_before_pixels=True)
-        except (InvalidDicomError, OSError) as exc:
-            raise DicomInputError(
-                f"{os.fspath(dataset)!r} is not a readable DICOM file: {exc}"
-            ) from exc
-    if not isinstance(dataset, Dataset):
-        raise InvalidInputError(
-            f"invalid 'dataset' value of type {type(dataset).__name__} - must be a pydicom "
-            "Dataset or a path to a DICOM file"
-        )
+    dataset = read_dataset(dataset, "ds" if ds is not None else "dataset")
     result = _simplify(dataset, sequences, 0)
     if "PatientAge" in result:
         result["PatientAge"] = parse_patient_age(result["PatientAge"])

@@ -1,17 +1,30 @@
-"""Image-plane geometry from DICOM headers: slice normal, plane, anatomical order.
+"""Slice geometry from DICOM headers: the slice order, the slice normal, the image plane.
 
-Pure functions over *ImageOrientationPatient* (IOP, 6 direction cosines: row vector
-then column vector, in the patient's LPS frame) and *ImagePositionPatient* (IPP, the
-centre of the first voxel). No numpy needed; every function also accepts pydicom
-``MultiValue`` / ``DSfloat`` values directly.
+**The slice order** is one rule, :func:`order_slices` (defined with the store, which
+orders a series record's ``Instances`` by it: see
+:mod:`dcm_processor_service.store.slice_order` for the rule itself). Here it is applied
+to what the index and imaging hold:
+
+- :func:`sort_instances` - instance records (what :func:`~dcm_processor_service.list_instances`
+  and :func:`~dcm_processor_service.get_series_dicom` return);
+- :func:`sort_datasets` - pydicom datasets (the SEG and SR source images, the NIfTI
+  conversion's first header).
+
+In short: parallel slices by position along the slice normal (ascending), then
+InstanceNumber, then SOPInstanceUID; instances without geometry after them; a series
+whose slices are not parallel by InstanceNumber, then SOPInstanceUID. The same stack in
+any input order gives the same order.
+
+**Geometry** - pure functions over *ImageOrientationPatient* (IOP, 6 direction cosines:
+row vector then column vector, in the patient's LPS frame) and *ImagePositionPatient*
+(IPP, the centre of the first voxel); they accept pydicom ``MultiValue`` / ``DSfloat``
+values directly:
 
 - :func:`slice_normal` — ``row x column`` (cross product), normalised.
+- :func:`slice_position` — the position of a slice along its normal (``normal · IPP``).
 - :func:`image_plane` — ``"axial"``, ``"coronal"``, ``"sagittal"`` or ``"oblique"``:
   the patient axis closest to the slice normal, or oblique when the normal is more
   than ``tolerance`` degrees away from every axis.
-- :func:`slice_position` — the position of a slice along its normal (``normal · IPP``).
-- :func:`order_slices` — the anatomical order of a series' instances (what
-  :func:`~dcm_processor_service.dicom.series.get_series_dicom` returns).
 
 Example::
 
@@ -28,10 +41,17 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, TypeVar
 
 from .._errors import InvalidInputError
+from ..store.slice_order import (
+    SAME_ORIENTATION_DEGREES,
+    order_slices,
+    slice_normal,
+    slice_position,
+    sort_instances,
+)
 
 __all__ = [
     "DEFAULT_PLANE_TOLERANCE",
@@ -41,6 +61,8 @@ __all__ = [
     "order_slices",
     "slice_normal",
     "slice_position",
+    "sort_datasets",
+    "sort_instances",
 ]
 
 #: The values :func:`image_plane` returns.
@@ -51,42 +73,9 @@ PLANES: Final = ("axial", "coronal", "sagittal", "oblique")
 #: tilt (<= 15) axial and calls deliberately angulated acquisitions oblique.
 DEFAULT_PLANE_TOLERANCE: Final = 15.0
 
-#: Slices whose normals differ by less than this (degrees) are treated as parallel,
-#: i.e. one stack that can be ordered along a common normal.
-SAME_ORIENTATION_DEGREES: Final = 1.0
-
 _AXIS_PLANE: Final = ("sagittal", "coronal", "axial")  # normal along x (L-R), y (A-P), z (F-H)
 
-Vector = tuple[float, float, float]
-
-
-def _floats(value: Any, count: int, what: str) -> tuple[float, ...]:
-    if value is None or isinstance(value, (str, bytes)):
-        raise InvalidInputError(f"invalid {what} {value!r} - must be {count} numbers")
-    try:
-        numbers = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"invalid {what} {value!r} - must be {count} numbers") from None
-    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
-        raise InvalidInputError(f"invalid {what} {value!r} - must be {count} finite numbers")
-    return numbers
-
-
-def slice_normal(iop: Sequence[Any]) -> Vector:
-    """The unit normal ``row x column`` (cross product) of a slice with ImageOrientationPatient ``iop``.
-
-    Raises :class:`InvalidInputError` when ``iop`` is not 6 finite numbers or its row and
-    column vectors are (anti)parallel or zero.
-    """
-    r0, r1, r2, c0, c1, c2 = _floats(iop, 6, "ImageOrientationPatient")
-    n = (r1 * c2 - r2 * c1, r2 * c0 - r0 * c2, r0 * c1 - r1 * c0)
-    length = math.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
-    if length < 1e-6:
-        raise InvalidInputError(
-            f"invalid ImageOrientationPatient {list(iop)!r} - row and column vectors are "
-            "zero or parallel, so the slice has no normal"
-        )
-    return (n[0] / length, n[1] / length, n[2] / length)
+T = TypeVar("T")
 
 
 def image_plane(iop: Sequence[Any], tolerance: float = DEFAULT_PLANE_TOLERANCE) -> str:
@@ -107,76 +96,6 @@ def image_plane(iop: Sequence[Any], tolerance: float = DEFAULT_PLANE_TOLERANCE) 
     return _AXIS_PLANE[axis] if angle <= tolerance else "oblique"
 
 
-def slice_position(iop: Sequence[Any], ipp: Sequence[Any]) -> float:
-    """Position (mm) of a slice along its normal: ``slice_normal(iop) · ipp``."""
-    normal = slice_normal(iop)
-    x, y, z = _floats(ipp, 3, "ImagePositionPatient")
-    return normal[0] * x + normal[1] * y + normal[2] * z
-
-
-def _geometry(item: Mapping[str, Any] | Any) -> tuple[Vector, tuple[float, ...]] | None:
-    """(normal, IPP) of an instance, or ``None`` when it has no usable geometry."""
-    try:
-        iop = item.get("ImageOrientationPatient")
-        ipp = item.get("ImagePositionPatient")
-        if iop is None or ipp is None:
-            return None
-        return slice_normal(iop), _floats(ipp, 3, "ImagePositionPatient")
-    except InvalidInputError:
-        return None
-
-
-def _instance_number(item: Mapping[str, Any] | Any) -> float:
-    value = item.get("InstanceNumber")
-    try:
-        number = float(value) if value not in (None, "") else math.inf
-    except (TypeError, ValueError):
-        return math.inf
-    return number if math.isfinite(number) else math.inf
-
-
-def order_slices(
-    items: Sequence[Mapping[str, Any] | Any], tie_break: Sequence[Any] | None = None
-) -> list[int]:
-    """Indices of ``items`` in anatomical order.
-
-    ``items`` are per-instance mappings (the ``Metadata`` of instance records) or pydicom
-    datasets — anything with ``.get(keyword)``. The rule:
-
-    1. When the instances that have geometry (IOP and IPP) are all parallel (normals
-       within :data:`SAME_ORIENTATION_DEGREES`), they come first, sorted by their
-       position along the first one's normal (ascending: for an axial stack with the usual
-       orientation that is inferior → superior), then by InstanceNumber.
-    2. Instances without geometry follow, by InstanceNumber.
-    3. When the stack is not parallel (localizers, multi-plane scouts), every instance is
-       ordered by InstanceNumber — a position along differing normals means nothing.
-
-    Ties are broken by ``tie_break[i]`` (e.g. SOPInstanceUID), then by the input order.
-    """
-    geometry = [_geometry(item) for item in items]
-    numbers = [_instance_number(item) for item in items]
-    ties = list(tie_break) if tie_break is not None else [""] * len(items)
-    if len(ties) != len(items):
-        raise InvalidInputError(f"tie_break has {len(ties)} values for {len(items)} items")
-    tie_keys = [str(t) for t in ties]
-
-    reference = next((g[0] for g in geometry if g is not None), None)
-    parallel = reference is not None
-    cos_limit = math.cos(math.radians(SAME_ORIENTATION_DEGREES))
-    if reference is not None:
-        for g in geometry:
-            if (
-                g is not None
-                and abs(sum(a * b for a, b in zip(g[0], reference, strict=True))) < cos_limit
-            ):
-                parallel = False
-                break
-
-    def key(i: int) -> tuple[Any, ...]:
-        g = geometry[i]
-        if parallel and reference is not None and g is not None:
-            position = sum(a * b for a, b in zip(reference, g[1], strict=True))
-            return (0, round(position, 4), numbers[i], tie_keys[i], i)
-        return (1, 0.0, numbers[i], tie_keys[i], i)
-
-    return sorted(range(len(items)), key=key)
+def sort_datasets(datasets: Sequence[T]) -> list[T]:
+    """pydicom datasets (headers) in slice order."""
+    return [datasets[i] for i in order_slices(datasets)]

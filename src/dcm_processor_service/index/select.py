@@ -6,7 +6,7 @@ the first rule set that matches at least one series wins, and all the series it 
 are returned. An empty rule set ``{}`` matches every series (a last-resort fallback).
 Rules are plain JSON, so they can live in a job's ``params``::
 
-    from dcm_processor_service.dicom.select import select_series
+    from dcm_processor_service import select_series
 
     t1 = select_series([
         # preferred: a thin axial T1 after contrast
@@ -21,12 +21,12 @@ Rules are plain JSON, so they can live in a job's ``params``::
 ``BodyPartExamined``, ``SliceThickness``, ``ImageType``, ``EchoTime``...) plus the
 derived ``Plane`` (``"axial"``, ``"coronal"``, ``"sagittal"``, ``"oblique"``, from each
 instance's ImageOrientationPatient, see
-:func:`~dcm_processor_service.dicom.geometry.image_plane`) and ``NumberOfInstances``.
+:func:`~dcm_processor_service.image_plane`) and ``NumberOfInstances``.
 Where the value comes from:
 
-- patient, study and series tags (:data:`~dcm_processor_service.dicom.index.PATIENT_KEYWORDS`,
+- patient, study and series tags (:data:`~dcm_processor_service.index.metadata.PATIENT_KEYWORDS`,
   ``STUDY_KEYWORDS``, ``SERIES_KEYWORDS``): the series record's ``Metadata``;
-- per-instance tags (:data:`~dcm_processor_service.dicom.index.INSTANCE_KEYWORDS`) and
+- per-instance tags (:data:`~dcm_processor_service.index.metadata.INSTANCE_KEYWORDS`) and
   ``Plane``: every instance of the series — the condition must hold for **all** of them
   (so a series mixing axial and sagittal slices is not ``"axial"``);
 - any other keyword: the header of the series' first instance (read from the store).
@@ -74,7 +74,13 @@ from .._context import current_context
 from .._errors import InvalidInputError
 from .._runtime import store_for
 from ..store.base import Store
-from .ingest import INSTANCE_KEYWORDS, PATIENT_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS, json_value
+from .metadata import (
+    INSTANCE_KEYWORDS,
+    PATIENT_KEYWORDS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
+    json_value,
+)
 from .order import DEFAULT_PLANE_TOLERANCE, PLANES, image_plane
 from .series import SeriesRecord, read_header
 
@@ -393,7 +399,7 @@ class SeriesSelector:
 
     ``rules``: a rule set or a list of rule sets (see the module docs).
     ``plane_tolerance``: degrees for the ``Plane`` keyword (default
-    :data:`~dcm_processor_service.dicom.geometry.DEFAULT_PLANE_TOLERANCE`).
+    :data:`~dcm_processor_service.index.order.DEFAULT_PLANE_TOLERANCE`).
     """
 
     def __init__(

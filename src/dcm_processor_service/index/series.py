@@ -7,11 +7,12 @@
     datasets = get_series_dicom(headers["_id"])              # pydicom datasets
     paths = get_series_dicom(headers["_id"], "/tmp/series")  # files written there
 
-Both come in **anatomical order** (:func:`~dcm_processor_service.dicom.geometry.order_slices`:
-by position along the slice normal, then InstanceNumber; series whose slices are not
-parallel, and instances without geometry, by InstanceNumber). Files are named so that
-sorting their names gives the same order (``0001_<SOPInstanceUID>.dcm``), and hold the
-stored bytes unchanged (no decode/re-encode), verified against their sha256.
+Both come in **slice order** - the one rule of :mod:`~dcm_processor_service.index.order`
+(by position along the slice normal, then InstanceNumber, then SOPInstanceUID; series
+whose slices are not parallel, and instances without geometry, by InstanceNumber), the
+order of the series record's ``Instances`` too. Files are named so that sorting their
+names gives the same order (``0001_<SOPInstanceUID>.dcm``), and hold the stored bytes
+unchanged (no decode/re-encode), verified against their sha256.
 
 The other functions are thin typed wrappers over the store's index (SPEC §4 records):
 :func:`get_series`, :func:`list_series`, :func:`session_series`, :func:`get_study`,
@@ -28,7 +29,6 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict, overload
 
@@ -40,7 +40,7 @@ from .._context import current_context
 from .._errors import InvalidInputError, NotFoundError
 from .._runtime import store_for
 from ..store.base import CHUNK_SIZE, Store
-from .order import order_slices
+from .order import sort_instances
 
 __all__ = [
     "InstanceRecord",
@@ -107,7 +107,7 @@ class PatientRecord(TypedDict):
 
 class InstanceRecord(TypedDict):
     """An instance record; ``Metadata`` holds the per-instance tags
-    (:data:`~dcm_processor_service.dicom.index.INSTANCE_KEYWORDS`)."""
+    (:data:`~dcm_processor_service.index.metadata.INSTANCE_KEYWORDS`)."""
 
     _id: str
     SOPInstanceUID: str
@@ -143,22 +143,12 @@ def _check_key(value: object, what: str) -> str:
 
 
 # ----------------------------------------------------------------- instances
-def sort_instances(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Instance records in anatomical order (see
-    :func:`~dcm_processor_service.dicom.geometry.order_slices`), ties broken by
-    SOPInstanceUID."""
-    order = order_slices(
-        [r.get("Metadata") or {} for r in records],
-        tie_break=[r.get("SOPInstanceUID", "") for r in records],
-    )
-    return [records[i] for i in order]
-
-
 def list_instances(series_id: str, *, store: Store | None = None) -> list[InstanceRecord]:
-    """The instance records of a series (``_id`` or SeriesInstanceUID) in anatomical
-    order; :class:`NotFoundError` for an unknown series."""
+    """The instance records of a series (``_id`` or SeriesInstanceUID) in slice order;
+    :class:`NotFoundError` for an unknown series."""
     series_id = _check_key(series_id, "series id")
-    return sort_instances(_store(store).list_instances(series_id))  # type: ignore[return-value]
+    ordered = sort_instances(_store(store).list_instances(series_id))
+    return ordered  # type: ignore[return-value]
 
 
 def get_instance(instance_id: str, *, store: Store | None = None) -> InstanceRecord:
@@ -253,7 +243,7 @@ def get_series_dicom(
     *,
     store: Store | None = None,
 ) -> list[Dataset] | list[str]:
-    """The instances of a series, in anatomical order.
+    """The instances of a series, in slice order (:mod:`~dcm_processor_service.index.order`).
 
     ``series_id``: the series record ``_id`` (what ``headers["_id"]`` holds) or its
     SeriesInstanceUID. Without ``dir_path``: a list of pydicom datasets (pixel data

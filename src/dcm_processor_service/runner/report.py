@@ -111,6 +111,8 @@ class RunReport:
     input_files: int = 0
     stored: int = 0
     ingest_failed: list[tuple[str, str]] = field(default_factory=list)
+    #: input entries deliberately not read (hidden entries, DICOMDIRs met in a folder)
+    input_skipped: list[tuple[str, str]] = field(default_factory=list)
     #: files refused because their series/study is another patient's (also in ingest_failed)
     patient_conflicts: list[tuple[str, str]] = field(default_factory=list)
     sessions: list[SessionRun] = field(default_factory=list)
@@ -156,6 +158,7 @@ class RunReport:
             "input_files": self.input_files,
             "stored": self.stored,
             "ingest_failed": [{"path": p, "reason": r} for p, r in self.ingest_failed],
+            "input_skipped": [{"path": p, "reason": r} for p, r in self.input_skipped],
             "patient_conflicts": [{"path": p, "reason": r} for p, r in self.patient_conflicts],
             "sessions": [s.to_dict() for s in self.sessions],
             "output_dir": self.output_dir,

@@ -160,6 +160,7 @@ class Runner:
             )
             scan = scan_inputs(inputs)
             report.input_files = scan.total_files
+            report.input_skipped = scan.skipped
             with EntryLoader() as loader:
                 callbacks = self._load_callbacks(loader)
                 sessions = self._ingest(store, scan, peer, report)

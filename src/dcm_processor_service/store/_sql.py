@@ -32,6 +32,7 @@ from .blobs import BlobInfo, BlobStore, DirectoryBlobStore
 from .garbage import GarbageReport
 from .record_values import patient_identity, patient_uid, platform_metadata
 from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord, utcnow
+from .slice_order import sort_instances
 
 __all__ = ["SCHEMA", "SQLStore", "Tx"]
 
@@ -983,9 +984,7 @@ class SQLStore(Store):
         series, rows = self._run(work, write=False)
         if series is None:
             raise NotFoundError(f"series {series_id!r} not found in {self.describe()}")
-        records = [self._instance(r, series["series_uid"]) for r in rows]
-        records.sort(key=_instance_order)
-        return records
+        return sort_instances([self._instance(r, series["series_uid"]) for r in rows])
 
     def open_instance(self, instance: dict[str, Any]) -> BinaryIO:
         return self._open_current(
@@ -1004,13 +1003,17 @@ class SQLStore(Store):
         )
         out = []
         for r in rows:
-            inst = tx.query(
-                "SELECT id, meta, sop_uid FROM instances WHERE series_id = ?", (r["id"],)
-            )
-            inst.sort(
-                key=lambda i: _instance_order(
-                    {"Metadata": json.loads(i["meta"]), "SOPInstanceUID": i["sop_uid"]}
-                )
+            inst = sort_instances(
+                [
+                    {
+                        "id": i["id"],
+                        "Metadata": json.loads(i["meta"]),
+                        "SOPInstanceUID": i["sop_uid"],
+                    }
+                    for i in tx.query(
+                        "SELECT id, meta, sop_uid FROM instances WHERE series_id = ?", (r["id"],)
+                    )
+                ]
             )
             out.append(
                 {
@@ -1213,14 +1216,3 @@ class SQLStore(Store):
                 "SELECT 1 AS x FROM studies WHERE patient_id = ? LIMIT 1", (parents["patient_id"],)
             ):
                 tx.execute("DELETE FROM patients WHERE id = ?", (parents["patient_id"],))
-
-
-def _instance_order(record: dict[str, Any]) -> tuple[Any, ...]:
-    """Sort key: InstanceNumber, then SOPInstanceUID (anatomical order is applied by the
-    series-access layer, which knows the geometry)."""
-    number = record.get("Metadata", {}).get("InstanceNumber")
-    try:
-        num = int(number) if number is not None else 1 << 62
-    except (TypeError, ValueError):
-        num = 1 << 62
-    return (num, record.get("SOPInstanceUID", ""))

@@ -14,7 +14,7 @@ the platform or this package filed an instance, and whichever store holds them:
   the SQL providers' schema migration uses it.
 
 The values themselves are built from a dataset by
-:func:`dcm_processor_service.dicom.simplified_json.metadata_values`: an empty tag is left
+:func:`dcm_processor_service.index.metadata.metadata_values`: an empty tag is left
 out (``PatientName`` excepted: it is always text, ``""`` when empty), person names are
 text, ``IS``/``US``/… are ``int``, ``DS``/``FL``/``FD`` ``float``, several values a
 list. Nothing here imports pydicom: the store layer uses it on stored values.

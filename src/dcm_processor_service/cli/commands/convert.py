@@ -51,7 +51,7 @@ def convert(
         import nibabel as nib
 
         from ...imaging.derived import write_datasets
-        from ...imaging.nifti_read import nifti_to_dicom
+        from ...imaging.nifti_write import nifti_to_dicom
 
         datasets = nifti_to_dicom(nib.load(source), modality, description, ref_dcm=reference)
         written = write_datasets(datasets, target)

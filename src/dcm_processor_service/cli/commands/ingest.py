@@ -28,9 +28,9 @@ def ingest(
 ) -> int:
     """File DICOM INPUT (folders, files, DICOMDIRs) into the store's index."""
     from ...index.ingest import IngestReport, iter_ingest
-    from ...runner.inputs import expand_inputs
+    from ...sources import collect_files
 
-    files = expand_inputs(inputs)
+    files = collect_files(inputs).files  # checks the inputs; the count shows progress
     console = Console(sys.stderr, show_output=False, enabled=not state.json or sys.stderr.isatty())
     report = IngestReport()
     with state.open_store() as store:
@@ -39,7 +39,7 @@ def ingest(
             store.ensure_session(session_id, peer_id=peer_id)
         console.ingest_started(len(files))
         for i, outcome in enumerate(
-            iter_ingest(files, store=store, peer_id=peer_id, session_id=session_id), 1
+            iter_ingest(list(inputs), store=store, peer_id=peer_id, session_id=session_id), 1
         ):
             report.add(outcome)
             console.ingest_advanced(min(i, len(files)), len(files))

@@ -27,7 +27,7 @@ def send(state: CliState, peer: str, paths: tuple[str, ...], series_ids: tuple[s
     from ...index.series import get_series_dicom
     from ...net.results import Outcome
     from ...net.sender import DicomSender
-    from ...runner.inputs import expand_inputs
+    from ...sources import collect_files
 
     if not paths and not series_ids:
         raise click.UsageError("give files or folders to send, or --series ID")
@@ -39,7 +39,9 @@ def send(state: CliState, peer: str, paths: tuple[str, ...], series_ids: tuple[s
         datasets = [
             ds for series_id in series_ids for ds in get_series_dicom(series_id, store=store)
         ]
-        files = [str(p) for p in expand_inputs(paths)] if paths else []
+        if paths:
+            collect_files(paths)  # a missing input or an empty folder is a usage error
+        files = list(paths)
         try:
             if files:
                 reports.append(sender.send(files))

@@ -36,10 +36,10 @@ import pymongo
 from bson import ObjectId
 
 from ..._errors import NotFoundError, PatientConflictError
-from .._sql import _instance_order
 from ..blobs import BlobInfo
 from ..record_values import patient_identity
 from ..records import InstanceInput
+from ..slice_order import sort_instances
 from .grid import GridBucket, blob_key, recorded_checksum, unique_filename
 from .layout import EXTRA, ORIGIN, aware, id_values, iso, now, oid, plain
 from .session_state import SessionState, _extra
@@ -373,11 +373,10 @@ class DicomIndex(SessionState):
         }
 
     def _instances(self, db: Any, ids: list[Any], series_id: str) -> list[dict[str, Any]]:
-        """The instance records of the listed file ids that exist, in instance order."""
+        """The instance records of the listed file ids that exist, in slice order (the
+        stored list keeps the platform's filing order; see :mod:`..slice_order`)."""
         docs = self.dicom.settle(db["dicomfiles.files"].find({"_id": {"$in": _ids(ids)}}))
-        records = [self._instance(d, series_id) for d in docs]
-        records.sort(key=_instance_order)
-        return records
+        return sort_instances([self._instance(d, series_id) for d in docs])
 
     def get_instance(self, instance_id: str) -> dict[str, Any]:
         def work(db: Any) -> dict[str, Any] | None:
