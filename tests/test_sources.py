@@ -21,9 +21,8 @@ import pydicom
 import pytest
 
 import dcm_processor_service as dps
-from dcm_processor_service import InvalidInputError
+from dcm_processor_service import DicomSender, InvalidInputError
 from dcm_processor_service.cli import main
-from dcm_processor_service.dicom.send import DicomSender
 from dcm_processor_service.runner.inputs import scan_inputs
 from dcm_processor_service.sources import HIDDEN, collect_files
 from dcm_processor_service.store import Store

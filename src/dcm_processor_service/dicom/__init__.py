@@ -1,1 +1,0 @@
-"""DICOM: index and series access, NIfTI conversion, derived objects, sending."""
