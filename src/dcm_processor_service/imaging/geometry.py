@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -32,6 +32,7 @@ __all__ = [
     "max_position_error",
     "plane_of_orientation",
     "series_index_affine",
+    "volume_shape",
 ]
 
 #: Multiply a 4x4 affine by this (from the left) to go RAS <-> LPS.
@@ -121,6 +122,13 @@ def choose_display_mapping(affine_lps: np.ndarray, shape: Sequence[int]) -> Disp
     if flip_r:
         index_to_voxel[row_axis, 3] = shape[row_axis] - 1
     return DisplayMapping(column_axis, flip_c, flip_r, index_to_voxel)
+
+
+def volume_shape(image: Any) -> tuple[int, ...]:
+    """The shape of a nibabel image as a volume: a 4-D image holding one volume counts
+    as 3-D (``(x, y, z, 1)`` -> ``(x, y, z)``); callers check for 3 axes."""
+    shape = tuple(int(n) for n in image.shape)
+    return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
 
 
 def check_stack(datasets: Sequence[Dataset]) -> None:

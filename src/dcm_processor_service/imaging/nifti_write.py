@@ -41,7 +41,7 @@ from ..dicom_values import (
     tm,
 )
 from .derived import ensure_file_meta, make_series_dicom
-from .geometry import FLIP_XY, choose_display_mapping, plane_of_orientation
+from .geometry import FLIP_XY, choose_display_mapping, plane_of_orientation, volume_shape
 from .pixels import PixelEncoding, choose_encoding
 from .provenance import AlgorithmInfo
 from .reference import derived_series_number, reference_dataset
@@ -107,9 +107,7 @@ def _load_volume(img_nib: Any) -> tuple[np.ndarray, float, float, np.ndarray]:
             f"invalid 'img_nib' value of type {type(img_nib).__name__} - must be a nibabel "
             "image (e.g. nibabel.Nifti1Image) or the path of a NIfTI file"
         )
-    shape = tuple(int(n) for n in img_nib.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    shape = volume_shape(img_nib)
     if len(shape) != 3:
         raise InvalidInputError(
             f"invalid 'img_nib' shape {tuple(img_nib.shape)} - a 3-D volume (x, y, slices) is "

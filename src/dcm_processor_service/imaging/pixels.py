@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -157,7 +157,15 @@ def choose_encoding(
     lo, hi = stats.lo, stats.hi
     clip = (lo, hi) if (is_float or scaled) else None
     nan_fill = 0.0 if lo <= 0.0 <= hi else lo
-    common = {"value_min": lo, "value_max": hi, "_clip": clip, "_nan_fill": nan_fill}
+    common: dict[str, Any] = {
+        "value_min": lo,
+        "value_max": hi,
+        "_clip": clip,
+        "_nan_fill": nan_fill,
+        "_source_slope": source_slope,
+        "_source_inter": source_inter,
+    }
+    u16 = np.dtype(np.uint16)
 
     if not is_float and scaled:
         # Integer storage with NIfTI scaling: keep the raw integers and the scaling.
@@ -166,51 +174,29 @@ def choose_encoding(
         raw_lo, raw_hi = min(raw_lo, raw_hi), max(raw_lo, raw_hi)
         fits = _fit_direct(round(raw_lo), round(raw_hi), raw_dtype.kind == "i", allow_8bit)
         if fits is not None:
-            dtype, bits, rep = fits
-            return PixelEncoding(
-                "direct",
-                dtype,
-                bits,
-                rep,
-                format_ds(source_slope),
-                format_ds(source_inter),
-                exact=True,
-                **common,  # type: ignore[arg-type]
-            )
+            slope_text, intercept_text = format_ds(source_slope), format_ds(source_inter)
+            return PixelEncoding("direct", *fits, slope_text, intercept_text, exact=True, **common)
         # wider than 16 bits: treat the real values like any other volume below
     use_real = is_float or scaled
     if stats.integral:
         prefer_signed = raw_dtype.kind == "i" or (is_float and lo < 0)
         fits = _fit_direct(int(lo), int(hi), prefer_signed, allow_8bit)
         if fits is not None:
-            dtype, bits, rep = fits
             return PixelEncoding(
-                "direct",
-                dtype,
-                bits,
-                rep,
-                "1",
-                "0",
-                exact=True,
-                _use_real=use_real,
-                _source_slope=source_slope,
-                _source_inter=source_inter,
-                **common,  # type: ignore[arg-type]
+                "direct", *fits, "1", "0", exact=True, _use_real=use_real, **common
             )
-        if hi - lo <= _U16_MAX:
+        if hi - lo <= _U16_MAX:  # exact as value - min
             return PixelEncoding(
                 "offset",
-                np.dtype(np.uint16),
+                u16,
                 16,
                 0,
                 "1",
                 format_ds(lo),
                 exact=True,
                 _use_real=use_real,
-                _source_slope=source_slope,
-                _source_inter=source_inter,
                 _offset=lo,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
 
     if hi == lo:
@@ -219,17 +205,7 @@ def choose_encoding(
         slope_text = format_ds_at_least((hi - lo) / _U16_MAX)
         intercept_text = format_ds(lo)
     return PixelEncoding(
-        "quantize",
-        np.dtype(np.uint16),
-        16,
-        0,
-        slope_text,
-        intercept_text,
-        exact=False,
-        _use_real=True,
-        _source_slope=source_slope,
-        _source_inter=source_inter,
-        **common,  # type: ignore[arg-type]
+        "quantize", u16, 16, 0, slope_text, intercept_text, exact=False, _use_real=True, **common
     )
 
 

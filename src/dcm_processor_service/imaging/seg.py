@@ -36,7 +36,7 @@ from pydicom.sr.coding import Code
 
 from .._errors import ConversionError, DicomInputError, InvalidInputError
 from ..dicom_values import check_lo, new_uid
-from .geometry import FLIP_XY, max_position_error, series_index_affine
+from .geometry import FLIP_XY, max_position_error, series_index_affine, volume_shape
 from .provenance import AlgorithmInfo
 from .reference import copy_reference_tags, derived_series_number
 from .source_images import import_highdicom, sorted_source_images
@@ -79,9 +79,7 @@ def _source_shape(sources: Sequence[Dataset]) -> tuple[int, int, int]:
 
 def _labels_from_image(image: Any, sources: Sequence[Dataset]) -> np.ndarray:
     """Reorder a nibabel label image onto the sorted source grid (slices, rows, cols)."""
-    shape = tuple(int(n) for n in image.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    shape = volume_shape(image)
     if len(shape) != 3:
         raise InvalidInputError(
             f"invalid label image shape {tuple(image.shape)} - a 3-D label volume is needed"
