@@ -115,7 +115,7 @@ def scan_inputs(inputs: Sequence[str | os.PathLike[str]]) -> InputScan:
                 or f"patient-{len(groups) + 1}"
             )
             group = groups[key] = PatientGroup(key=key, label=label)
-        group.files.append(Path(entry.real))
+        group.files.append(Path(entry.path).resolve())
     if skipped:
         logger.info("skipped %d input entr(y/ies), e.g. %s: %s", len(skipped), *skipped[0])
     scan = InputScan(list(groups.values()), not_dicom, total, skipped)

@@ -56,6 +56,11 @@ class FileIdentity(NamedTuple):
     offset: int
 
 
+_TAG = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}
+_U32 = {True: struct.Struct("<I"), False: struct.Struct(">I")}
+_U16 = {True: struct.Struct("<H"), False: struct.Struct(">H")}
+
+
 def element_header(
     buf: bytes, pos: int, implicit: bool, little: bool
 ) -> tuple[int, bytes | None, int, int] | None:
@@ -64,17 +69,15 @@ def element_header(
     ``buf`` ends inside the header."""
     if pos + 8 > len(buf):
         return None
-    end = "<" if little else ">"
-    group, elem = struct.unpack_from(end + "HH", buf, pos)
-    tag = group << 16 | elem
+    group, elem = _TAG[little].unpack_from(buf, pos)
     if group == 0xFFFE or implicit:
-        return tag, None, struct.unpack_from(end + "I", buf, pos + 4)[0], pos + 8
-    vr = bytes(buf[pos + 4 : pos + 6])
+        return group << 16 | elem, None, _U32[little].unpack_from(buf, pos + 4)[0], pos + 8
+    vr = buf[pos + 4 : pos + 6]
     if vr in LONG_VRS:
         if pos + 12 > len(buf):
             return None
-        return tag, vr, struct.unpack_from(end + "I", buf, pos + 8)[0], pos + 12
-    return tag, vr, struct.unpack_from(end + "H", buf, pos + 6)[0], pos + 8
+        return group << 16 | elem, vr, _U32[little].unpack_from(buf, pos + 8)[0], pos + 12
+    return group << 16 | elem, vr, _U16[little].unpack_from(buf, pos + 6)[0], pos + 8
 
 
 def _uid_text(value: bytes) -> str:

@@ -81,8 +81,6 @@ class InputFile:
 
     path: str
     explicit: bool = False
-    real: str = field(default="", compare=False)
-    """The file's real path (links resolved): what "the same file" means."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,7 @@ class Inputs:
 
     def __init__(self) -> None:
         self._folders: set[tuple[int, int]] = set()
-        self._files: set[str] = set()
+        self._files: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ sources
     def expand(self, source: Any) -> Iterator[Entry]:
@@ -192,28 +190,37 @@ class Inputs:
             else:
                 yield from self._file(str(ref.path), explicit=False)
 
-    def _file(self, path: str, *, explicit: bool) -> Iterator[Entry]:
-        real = os.path.realpath(path)
-        if real in self._files:
+    def _file(
+        self, path: str, *, explicit: bool, st: os.stat_result | None = None
+    ) -> Iterator[Entry]:
+        """``path`` unless the same file (device and inode: links, hard links, a path
+        given twice) was yielded already."""
+        try:
+            st = st or os.stat(path)
+        except OSError as exc:
+            yield Failed(path, f"cannot inspect: {exc.strerror or exc}")
             return
-        self._files.add(real)
-        yield InputFile(path, explicit, real)
+        key = (st.st_dev, st.st_ino)
+        if key in self._files:
+            return
+        self._files.add(key)
+        yield InputFile(path, explicit)
 
     def _path(self, path: str) -> Iterator[Entry]:
         try:
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
         except FileNotFoundError:
             yield _broken_link(path) if os.path.islink(path) else Failed(path, "does not exist")
             return
         except OSError as exc:
             yield Failed(path, f"cannot inspect: {exc.strerror or exc}")
             return
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(st.st_mode):
             yield from self._walk(path)
-        elif stat.S_ISREG(mode):
-            yield from self._file(path, explicit=True)
+        elif stat.S_ISREG(st.st_mode):
+            yield from self._file(path, explicit=True, st=st)
         else:
-            yield Failed(path, f"{_file_type(mode)}, not a file")
+            yield Failed(path, f"{_file_type(st.st_mode)}, not a file")
 
     def _walk(self, root: str) -> Iterator[Entry]:
         try:
@@ -237,7 +244,7 @@ class Inputs:
                 if entry.is_dir():
                     folders.append(entry.path)
                 elif entry.is_file():
-                    yield from self._file(entry.path, explicit=False)
+                    yield from self._file(entry.path, explicit=False, st=entry.stat())
                 elif entry.is_symlink() and not os.path.exists(entry.path):
                     yield _broken_link(entry.path)
                 else:
