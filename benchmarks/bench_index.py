@@ -40,8 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # support.dicomdata (synthetic series)
 
-from dcm_processor_service.index.ingest import ingest  # noqa: E402
-from dcm_processor_service.index.series import get_series_dicom  # noqa: E402
+from dcm_processor_service import get_series_dicom, ingest  # noqa: E402
 from dcm_processor_service.store.base import Store  # noqa: E402
 from support.dicomdata import write_ct_series  # noqa: E402
 

@@ -31,12 +31,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from dcm_processor_service.imaging.derived import write_datasets  # noqa: E402
-from dcm_processor_service.imaging.nifti_read import (  # noqa: E402
-    dcm2niix_args,
+from dcm_processor_service import (  # noqa: E402
     nifti_to_dicom,
     series_files_to_nifti,
+    write_datasets,
 )
+from dcm_processor_service.imaging.nifti_read import dcm2niix_args  # noqa: E402
 from support.imaging import make_ct_series  # noqa: E402
 
 

@@ -70,6 +70,7 @@ from .._errors import DicomInputError, InvalidInputError, PatientConflictError
 from .._runtime import store_for
 from ..dicom_values import is_encapsulated, transfer_syntax_of
 from ..sources import (
+    DICOMDIR_SKIPPED,
     Failed,
     InputFile,
     Inputs,
@@ -313,7 +314,7 @@ class _Ingestor:
             f" {filename}>" if isinstance(filename, str) else ">"
         )
         if is_dicomdir(ds):
-            return IngestSkip(label, "DICOMDIR (a media directory, not an instance)")
+            return IngestSkip(label, DICOMDIR_SKIPPED)
         try:
             with pydicom_warnings(label):
                 inp = instance_input(ds, peer_id=self.peer_id, session_id=self.session_id)

@@ -30,6 +30,7 @@ from .read import (
     read_header,
 )
 from .walk import (
+    DICOMDIR_SKIPPED,
     HIDDEN,
     DicomdirFile,
     Entry,
@@ -44,6 +45,7 @@ from .walk import (
 )
 
 __all__ = [
+    "DICOMDIR_SKIPPED",
     "HIDDEN",
     "MEDIA_STORAGE_DIRECTORY",
     "DicomdirFile",

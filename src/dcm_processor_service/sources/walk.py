@@ -41,6 +41,7 @@ from .._errors import DicomInputError, InvalidInputError
 from .dicomdir import dicomdir_references
 
 __all__ = [
+    "DICOMDIR_SKIPPED",
     "HIDDEN",
     "DicomdirFile",
     "Entry",
@@ -96,7 +97,8 @@ class DicomdirFile:
 #: One expanded entry.
 Entry = InputFile | Dataset | Skipped | Failed
 
-_DICOMDIR_SKIP = "DICOMDIR (a media directory, not an instance)"
+#: The reason of a DICOMDIR's :class:`Skipped` (a directory of a medium, not an instance).
+DICOMDIR_SKIPPED = "DICOMDIR (a media directory, not an instance)"
 #: The reason of a hidden entry's :class:`Skipped`.
 HIDDEN = "hidden entry"
 
@@ -173,7 +175,7 @@ class Inputs:
         its content, if already read): follow its contained references when the caller
         named it, else skip it."""
         if not item.explicit:
-            yield Skipped(item.path, _DICOMDIR_SKIP)
+            yield Skipped(item.path, DICOMDIR_SKIPPED)
             return
         yield from self._dicomdir(item.path, dataset)
 
@@ -264,11 +266,6 @@ class InputFiles:
     skipped: list[Skipped] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
     inputs: Inputs = field(default_factory=Inputs, repr=False)
-
-    @property
-    def paths(self) -> list[Path]:
-        """The files' paths."""
-        return [Path(f.path) for f in self.files]
 
     def dicomdir(self, item: InputFile, dataset: Dataset | None = None) -> Iterator[Entry]:
         """:meth:`Inputs.dicomdir` for ``item`` (never a file already listed)."""
