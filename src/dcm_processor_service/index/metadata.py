@@ -63,6 +63,7 @@ __all__ = [
     "HEADER_KEYWORDS",
     "INSTANCE_KEYWORDS",
     "PATIENT_KEYWORDS",
+    "PATIENT_KEY_KEYWORDS",
     "REQUIRED_UIDS",
     "SERIES_KEYWORDS",
     "STUDY_KEYWORDS",
@@ -192,8 +193,10 @@ INSTANCE_KEYWORDS: Final = (
     "BurnedInAnnotation",
 )
 
+#: UIDs an instance must have to be filed.
 REQUIRED_UIDS: Final = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-_PATIENT_KEY_KEYWORDS: Final = (
+#: What the patient key (:func:`patient_key`) is derived from.
+PATIENT_KEY_KEYWORDS: Final = (
     "PatientID",
     "IssuerOfPatientID",
     "PatientName",
@@ -324,7 +327,7 @@ def patient_key(ds: Dataset) -> str:
 
     Raises :class:`DicomInputError` when the dataset has none of these.
     """
-    values = metadata_values(ds, _PATIENT_KEY_KEYWORDS)
+    values = metadata_values(ds, PATIENT_KEY_KEYWORDS)
     if not any(values.get(k) for k in ("PatientID", "PatientName", "StudyInstanceUID")):
         raise DicomInputError(
             "cannot build a patient key: no PatientID, no PatientName, no StudyInstanceUID"

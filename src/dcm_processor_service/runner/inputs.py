@@ -24,18 +24,8 @@ __all__ = ["InputScan", "PatientGroup", "scan_inputs"]
 
 logger = logging.getLogger(__name__)
 
-_HEADER_TAGS = [
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "DirectoryRecordSequence",
-]
+#: Read from each input file besides what the patient key needs.
+_SCAN_TAGS = ["SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "DirectoryRecordSequence"]
 
 
 @dataclass
@@ -73,9 +63,10 @@ def scan_inputs(inputs: Sequence[str | os.PathLike[str]]) -> InputScan:
     Raises :class:`InvalidInputError` for a missing input or an empty folder and
     :class:`DicomInputError` when no input file is a DICOM instance.
     """
-    from ..index.metadata import patient_key
+    from ..index.metadata import PATIENT_KEY_KEYWORDS, patient_key
     from ..sources import Failed, InputFile, Skipped, collect_files, is_dicomdir, read_file
 
+    tags = [*_SCAN_TAGS, *PATIENT_KEY_KEYWORDS]
     collected = collect_files(inputs)
     not_dicom = [(path, reason) for path, reason in collected.failed]
     skipped = [(path, reason) for path, reason in collected.skipped]
@@ -86,7 +77,7 @@ def scan_inputs(inputs: Sequence[str | os.PathLike[str]]) -> InputScan:
         entry = queue.popleft()
         total += 1
         try:
-            ds = read_file(entry.path, tags=_HEADER_TAGS)
+            ds = read_file(entry.path, tags=tags)
         except DicomInputError as exc:
             not_dicom.append((entry.path, str(exc)))
             continue
