@@ -155,3 +155,52 @@ def test_a_dicomdir_met_in_a_folder_is_skipped_by_the_runner(tmp_path: Path) -> 
     dicomdirs = {p for p, r in scan.skipped if r.startswith("DICOMDIR")}
     assert str(medium / "DICOMDIR") in dicomdirs and len(dicomdirs) == len(scan.skipped) > 2
     assert scan.dicom_files + len(scan.not_dicom) + len(dicomdirs) == len(files_in(medium))
+
+
+def test_the_fast_scans_agree_with_pydicom_on_every_bundled_file() -> None:
+    """The sender's identity scan and the leading-values scan (NIfTI's slice order)
+    read the first bytes themselves (pydicom's reader is several times slower there):
+    whatever they return must be what pydicom reads; when unsure they return None."""
+    from pydicom.multival import MultiValue
+
+    from dcm_processor_service.sources import read_identity, read_leading_values
+    from support.dicomdata import TEST_FILES
+
+    keywords = [
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+    ]
+    compared = 0
+    for path in files_in(TEST_FILES):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue  # not DICOM, or not readable by pydicom either
+        identity = read_identity(path)
+        if identity is not None:  # the dataset's UIDs, else the File Meta's
+            meta = ds.file_meta
+            assert identity.transfer_syntax == str(meta.TransferSyntaxUID), path
+            assert identity.sop_instance_uid == str(
+                ds.get("SOPInstanceUID") or meta.MediaStorageSOPInstanceUID
+            ), path
+            assert identity.sop_class_uid == str(
+                ds.get("SOPClassUID") or meta.MediaStorageSOPClassUID
+            ), path
+        values = read_leading_values(path, keywords)
+        if values is None:
+            continue
+        compared += 1
+        for keyword in keywords:
+            expected = ds.get(keyword)
+            if expected in (None, ""):
+                assert keyword not in values or values[keyword] in ("", []), (path, keyword)
+            elif isinstance(expected, MultiValue):
+                assert [float(v) for v in values[keyword]] == [float(v) for v in expected]
+            elif keyword == "InstanceNumber":
+                assert int(values[keyword]) == int(expected), path  # type: ignore[arg-type]
+            else:
+                assert values[keyword] == str(expected), (path, keyword)
+    assert compared > 50  # most bundled files take the fast path

@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +37,7 @@ from .._errors import ConversionError, DicomInputError, InvalidInputError, Missi
 from ..dicom_values import has_transfer_syntax
 from ..index.metadata import get_simplified_json
 from ..index.order import order_slices
-from ..sources import Failed, InputFile, Inputs, Skipped, read_file
+from ..sources import Failed, InputFile, Inputs, Skipped, read_file, read_leading_values
 
 __all__ = [
     "SeriesInput",
@@ -303,7 +303,7 @@ def _stage(series: SeriesInput, work: Path) -> _Staged:
             if not source.is_file():
                 raise InvalidInputError(f"invalid series file {str(source)!r} - no such file")
             try:
-                target.symlink_to(source.resolve())
+                target.symlink_to(os.path.abspath(source))
             except OSError:
                 shutil.copyfile(source, target)
             staged.paths.append(source)
@@ -322,13 +322,25 @@ def _header(path: Path, tags: list[str] | None = None) -> Dataset | None:
         return None
 
 
+def _order_values(path: Path) -> Mapping[str, Any] | Dataset | None:
+    """What the slice order needs of one file: read from its first bytes (a few ms for a
+    whole series), else by pydicom; None when it is not readable DICOM."""
+    try:
+        values = read_leading_values(path, _ORDER_TAGS)
+    except OSError:
+        return None
+    return values if values is not None else _header(path, _ORDER_TAGS)
+
+
 def _first_dataset(staged: _Staged, series_uid: str) -> Dataset | None:
     """The header of the converted series' first instance in slice order (each file is
     read for its series and geometry only; the first is then read in full). Falls back
     to the first readable header when no input names ``series_uid``."""
-    candidates: list[tuple[Dataset, Path | None]] = [(d, None) for d in staged.datasets]
+    candidates: list[tuple[Mapping[str, Any] | Dataset, Path | None]] = [
+        (d, None) for d in staged.datasets
+    ]
     for file in staged.paths:
-        quick = _header(file, _ORDER_TAGS)
+        quick = _order_values(file)
         if quick is not None:
             candidates.append((quick, file))
     if not candidates:
@@ -336,8 +348,8 @@ def _first_dataset(staged: _Staged, series_uid: str) -> Dataset | None:
     matching = [c for c in candidates if str(c[0].get("SeriesInstanceUID", "")) == series_uid]
     if matching:
         candidates = matching
-    first, where = candidates[order_slices([ds for ds, _ in candidates])[0]]
-    return first if where is None else _header(where)
+    first, where = candidates[order_slices([values for values, _ in candidates])[0]]
+    return _header(where) if where is not None else first  # type: ignore[return-value]
 
 
 @dataclass

@@ -24,13 +24,22 @@ import logging
 import os
 import struct
 import warnings
+from collections.abc import Collection, Sequence
 from typing import Any, Final, NamedTuple
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-__all__ = ["LONG_VRS", "FileIdentity", "element_header", "read_identity"]
+__all__ = [
+    "LONG_VRS",
+    "UNDEFINED_LENGTH",
+    "FileIdentity",
+    "element_header",
+    "read_identity",
+    "read_leading_values",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 _PROBE: Final = 8192  # bytes read to find the File Meta Information
 _META_ELEMENTS: Final = {0x0002: 1, 0x0003: 2, 0x0010: 3}  # class, instance, syntax
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
 class FileIdentity(NamedTuple):
@@ -106,27 +116,75 @@ def _meta(buf: bytes) -> tuple[str, str, str, int] | None:
     return found[1], found[2], found[3], pos
 
 
-def _dataset_ids(buf: bytes, pos: int, ts: str) -> tuple[str | None, str | None] | None:
-    """(SOPClassUID, SOPInstanceUID) from the start of the dataset at ``buf[pos:]``
-    (they are among its first elements), or None when unusual."""
+def _syntax(ts: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) of a transfer syntax the scan can walk, else None."""
     try:
         uid = UID(ts)
         if uid.is_deflated or not uid.is_transfer_syntax:
             return None
-        little, implicit = uid.is_little_endian, uid.is_implicit_VR
+        return uid.is_implicit_VR, uid.is_little_endian
     except ValueError:
         return None
+
+
+def _skip_sequence(buf: bytes, pos: int, implicit: bool, little: bool) -> int | None:
+    """Where the undefined-length sequence whose items start at ``buf[pos]`` ends (after
+    its delimiter), or None when the buffer ends first."""
+    while (item := element_header(buf, pos, True, little)) is not None:
+        tag, _vr, length, start = item
+        if tag == _SEQ_END:
+            return start
+        if tag != _ITEM:
+            return None
+        if length != UNDEFINED_LENGTH:
+            pos = start + length
+            continue
+        pos = start  # an item of undefined length: its elements, then the item delimiter
+        while (element := element_header(buf, pos, implicit, little)) is not None:
+            tag, vr, length, start = element
+            if tag == _ITEM_END:
+                pos = start
+                break
+            if length == UNDEFINED_LENGTH:
+                end = _skip_sequence(buf, start, implicit or vr == b"UN", little)
+                if end is None:
+                    return None
+                pos = end
+            else:
+                pos = start + length
+        else:
+            return None
+    return None
+
+
+def _dataset_texts(buf: bytes, pos: int, ts: str, tags: Collection[int]) -> dict[int, str] | None:
+    """The text of top-level elements ``tags`` from the dataset at ``buf[pos:]`` (those
+    absent are missing from the result), or None when the buffer ends before the last
+    of them was passed, or the data is unusual."""
+    syntax = _syntax(ts)
+    if syntax is None:
+        return None
+    implicit, little = syntax
+    last = max(tags)
     found: dict[int, str] = {}
     while (header := element_header(buf, pos, implicit, little)) is not None:
-        tag, _vr, length, start = header
-        if tag > _SOP_INSTANCE:
-            return found.get(_SOP_CLASS), found.get(_SOP_INSTANCE)
-        if length == UNDEFINED_LENGTH or start + length > len(buf):
+        tag, vr, length, start = header
+        if vr is not None and not (vr.isalpha() and vr.isupper()):
+            return None  # not the encoding the transfer syntax says: pydicom reads it
+        if tag > last:
+            return found
+        if length == UNDEFINED_LENGTH:
+            end = _skip_sequence(buf, start, implicit or vr == b"UN", little)
+            if end is None:
+                return None
+            pos = end
+            continue
+        if start + length > len(buf):
             return None
-        if tag in (_SOP_CLASS, _SOP_INSTANCE):
+        if tag in tags:
             found[tag] = _uid_text(buf[start : start + length])
         pos = start + length
-    return None  # the buffer ended before (0008,0018) was passed
+    return None  # the buffer ended before the last tag was passed
 
 
 def _not_group_2(tag: Any, vr: Any, length: Any) -> bool:
@@ -182,7 +240,12 @@ def read_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
     if found is None:
         return None
     sop_class, sop_instance, ts, offset = found
-    ids = _dataset_ids(head, offset, ts) or _ids_by_pydicom(where)
+    texts = _dataset_texts(head, offset, ts, (_SOP_CLASS, _SOP_INSTANCE))
+    ids = (
+        (texts.get(_SOP_CLASS), texts.get(_SOP_INSTANCE))
+        if texts is not None
+        else _ids_by_pydicom(where)
+    )
     if ids is not None:
         for label, meta_value, value in (
             ("SOP Class UID", sop_class, ids[0]),
@@ -199,3 +262,26 @@ def read_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
                 )
         sop_class, sop_instance = ids[0] or sop_class, ids[1] or sop_instance
     return FileIdentity(sop_class, sop_instance, ts, offset)
+
+
+def read_leading_values(
+    path: str | os.PathLike[str], keywords: Sequence[str]
+) -> dict[str, str | list[str]] | None:
+    """The values of a few top-level text elements (UI, IS, DS, CS...) of the Part 10
+    file at ``path``, read from its first 8 KiB: ``{keyword: text}``, a list of texts for
+    several values; an absent element is missing. ``None`` when the file is not a
+    plain Part 10 file or its header goes beyond what was read: then read it with
+    pydicom (:func:`~dcm_processor_service.sources.read.read_file`).
+
+    Raises ``OSError`` when the file cannot be read.
+    """
+    tags = {t: kw for kw in keywords if (t := tag_for_keyword(kw)) is not None}
+    with open(path, "rb") as fp:
+        head = fp.read(_PROBE)
+    if len(head) < 132 or head[128:132] != b"DICM" or not tags:
+        return None
+    meta = _meta(head)
+    texts = None if meta is None else _dataset_texts(head, meta[3], meta[2], tags)
+    if texts is None:
+        return None
+    return {tags[tag]: (text.split("\\") if "\\" in text else text) for tag, text in texts.items()}
