@@ -1,11 +1,11 @@
 """DICOM -> NIfTI with dcm2niix: :func:`dicom_series_to_nifti` and
 :func:`series_files_to_nifti`.
 
-The ``dcm2niix`` binary of the ``dcm2niix`` PyPI package runs in a subprocess, in a
-private temporary directory that holds exactly the series' files: a folder's files are
-found by :mod:`dcm_processor_service.sources` (the one reader of DICOM input: walked
-recursively, hidden entries skipped and logged), listed files are linked, datasets are
-written. When dcm2niix writes several volumes (echoes, overlays ``_ROIn``, equalised
+The ``dcm2niix`` binary of the ``dcm2niix`` PyPI package runs in a subprocess, on a
+folder as it is (dcm2niix too skips hidden entries; the folder's files are found by
+:mod:`dcm_processor_service.sources`, the one reader of DICOM input, which logs the
+hidden entries it skips), or on a private temporary folder holding exactly the listed
+files (linked) and datasets (written). When dcm2niix writes several volumes (echoes, overlays ``_ROIn``, equalised
 ``_Eq`` or tilt-corrected ``_Tilt`` copies, localizers ``_iNNNNN``) the *main* one is
 kept (:func:`choose_main_volume`). The JSON sidecar adds
 :func:`~dcm_processor_service.get_simplified_json` of the series' first instance in slice
@@ -263,25 +263,24 @@ def _folder_files(folder: Path) -> list[Path]:
     return files
 
 
-def _series_items(series: SeriesInput) -> tuple[list[Any], str]:
-    """(the series' files and datasets, what to call them in an error)."""
+def _stage(series: SeriesInput, work: Path) -> _Staged:
+    """Give dcm2niix a directory holding the series: a folder as it is (dcm2niix, like
+    the one input reader, skips hidden entries; its files, found by
+    :mod:`..sources`, are the candidates of the sidecar's first slice), else a new
+    folder holding exactly the listed files (linked) and datasets (written)."""
     if isinstance(series, (str, os.PathLike)):
         path = Path(series)
         if path.is_dir():
-            return list(_folder_files(path)), f"'{path}'"
-        if path.is_file():
-            return [path], f"'{path}'"
-        raise InvalidInputError(f"invalid series path {str(path)!r} - no such directory or file")
+            return _Staged(path, paths=_folder_files(path), label=f"'{path}'")
+        if not path.is_file():
+            raise InvalidInputError(
+                f"invalid series path {str(path)!r} - no such directory or file"
+            )
+        series = [path]
     items = [series] if isinstance(series, Dataset) else list(series)
     if not items:
         raise InvalidInputError("invalid series value [] - need at least one DICOM file or dataset")
-    return items, f"{len(items)} DICOM input(s)"
-
-
-def _stage(series: SeriesInput, work: Path) -> _Staged:
-    """Give dcm2niix a directory holding exactly the series' files."""
-    items, label = _series_items(series)
-    staged = _Staged(work / "in", label=label)
+    staged = _Staged(work / "in", label=f"{len(items)} DICOM input(s)")
     staged.directory.mkdir()
     for index, item in enumerate(items):
         target = staged.directory / f"{index:06d}.dcm"
