@@ -5,9 +5,9 @@ components relative to the folder that holds the DICOMDIR. Media comes from outs
 hospital (a patient's CD, a USB stick, a download), so a reference is untrusted input: a
 File ID such as ``..\\..\\..\\etc\\passwd``, an absolute path, or a symbolic link on the
 medium that leads out of it would make the SDK read - and send to a PACS - files of the
-host. :func:`dicomdir_references` is the one place where references are resolved, and
-every reader of DICOM input uses it (ingest, the sender's input expansion, the runner's
-input scan, the CLI).
+host. :func:`dicomdir_references` is the one place where references are resolved; every
+reader of DICOM input reaches it through :class:`~.walk.Inputs` (ingest, the sender, the
+runner's input scan, the CLI).
 
 Rule: a reference is used only when every component is a plain name (not empty, not
 ``.`` or ``..``, no path separator, no NUL) and the file it resolves to - following
