@@ -48,7 +48,7 @@ from dcm_processor_service.store import mongodb as mongo_module
 from dcm_processor_service.store.mongodb import EXTRA, MongoStore, parse_mongo_url
 from dcm_processor_service.store.mongodb.grid import GRIDFS_CHUNK_SIZE
 from support.mongo import MongomockStore, drop_database
-from support.stores import instance_input, make_store
+from support.stores import corrupt_blob, instance_input, make_store
 
 #: SPEC §3: the platform's collections and GridFS buckets.
 SPEC_COLLECTIONS = {"sessions", "jobs", "sessiondata", "peers", "series", "studies", "patients"}
@@ -422,7 +422,7 @@ def test_checksum_made_stale_by_a_platform_rewrite_is_not_corruption(mongo: Mong
     mongo.put_instance(_instance("1.9.1"), io.BytesIO(b"ours again"))
     record = mongo.get_instance("1.9.1")
     assert record["SHA256"]  # fresh again
-    mongo.dicom.overwrite_for_test(record["BlobKey"], b"ours agaiN")  # damage: same size
+    corrupt_blob(mongo, record["BlobKey"], b"ours agaiN", mongo.dicom)  # damage: same size
     with pytest.raises(IntegrityError, match="sha256"), mongo.open_instance(record) as reader:
         reader.read()
 

@@ -92,7 +92,7 @@ from .._errors import DicomInputError, InvalidInputError, PatientConflictError
 from .._runtime import store_for
 from ..store.base import Store
 from ..store.record_values import patient_uid
-from ..store.records import InstanceInput
+from ..store.records import InstanceInput, InstanceRecord
 from .dicomdir import DicomdirReference, dicomdir_references
 from .simplified_json import metadata_values
 
@@ -974,7 +974,7 @@ class _Ingestor:
         self.seen: set[str] = set()
         self.n_datasets = 0
 
-    def _stored(self, source: str, record: dict[str, Any]) -> StoredInstance:
+    def _stored(self, source: str, record: InstanceRecord) -> StoredInstance:
         stored = StoredInstance(
             path=source,
             instance_id=str(record["_id"]),

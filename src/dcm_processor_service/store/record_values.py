@@ -9,6 +9,8 @@ the platform or this package filed an instance, and whichever store holds them:
   ``PatientName[::PatientBirthDate][::PatientSex]``, else of ``StudyInstanceUID``.
   It is computed from the ``Metadata`` values (below), exactly as the platform does.
 * :func:`parse_patient_age` — ``PatientAge`` as whole years (``"045Y"`` → 45).
+* :func:`instance_order` — the order the stores list a series' instances in
+  (InstanceNumber, then SOPInstanceUID; the anatomical order is the index layer's).
 * :func:`platform_metadata` — brings ``Metadata`` stored by dcm-processor-service 0.1
   (which kept ``PatientAge`` as text and empty tags as ``""``/``None``) to these rules;
   the SQL providers' schema migration uses it.
@@ -27,7 +29,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["parse_patient_age", "patient_identity", "patient_uid", "platform_metadata"]
+__all__ = [
+    "instance_order",
+    "parse_patient_age",
+    "patient_identity",
+    "patient_uid",
+    "platform_metadata",
+]
 
 _AGE_RE: Final = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER: Final = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
@@ -124,3 +132,15 @@ def platform_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def instance_order(record: Mapping[str, Any]) -> tuple[int, str]:
+    """Sort key of an instance record (or of ``{"Metadata", "SOPInstanceUID"}``):
+    InstanceNumber, then SOPInstanceUID; no or an unreadable InstanceNumber sorts last.
+    (Anatomical order is applied by the series-access layer, which knows the geometry.)"""
+    number = (record.get("Metadata") or {}).get("InstanceNumber")
+    try:
+        num = int(number) if number is not None else 1 << 62
+    except (TypeError, ValueError):
+        num = 1 << 62
+    return (num, str(record.get("SOPInstanceUID") or ""))
