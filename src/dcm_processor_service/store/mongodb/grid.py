@@ -36,7 +36,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Final
 
 import bson
@@ -299,7 +299,7 @@ class GridBucket(BlobStore):
         except BaseException:
             self._drop_chunks(chunk_id)
             raise
-        stamp = now()
+        stamp = now() if replace is None else self._after_current(replace)
         doc: dict[str, Any] = {
             "_id": replace if replace is not None else chunk_id,
             "filename": filename,
@@ -330,6 +330,20 @@ class GridBucket(BlobStore):
             source, filename=unique_filename(), content_type=None, metadata={}, extra={}
         )
         return BlobInfo(blob_key(doc), int(doc["length"]), doc["metadata"][EXTRA]["sha256"])
+
+    def _after_current(self, file_id: Any) -> datetime:
+        """The upload date of a new version of ``file_id``: now, but at least a
+        millisecond after the version it replaces - a version's identity is its upload
+        date (:func:`blob_key`), so two versions written within one millisecond must
+        not share it (a reader of the old record would get the new bytes)."""
+        stamp = now()
+        current = self.conn._run(
+            lambda db: db[f"{self.name}.files"].find_one({"_id": file_id}, {"uploadDate": 1})
+        )
+        previous = aware((current or {}).get("uploadDate"))
+        if previous is not None and stamp <= previous:
+            stamp = previous + timedelta(milliseconds=1)
+        return stamp
 
     def _drop_chunks(self, chunk_id: ObjectId) -> None:
         try:
