@@ -48,7 +48,7 @@ from dcm_processor_service.store import mongodb as mongo_module
 from dcm_processor_service.store.mongodb import EXTRA, MongoStore, parse_mongo_url
 from dcm_processor_service.store.mongodb.grid import GRIDFS_CHUNK_SIZE
 from support.mongo import MongomockStore, drop_database
-from support.stores import instance_input, make_store
+from support.stores import corrupt_blob, instance_input, make_store
 
 #: SPEC §3: the platform's collections and GridFS buckets.
 SPEC_COLLECTIONS = {"sessions", "jobs", "sessiondata", "peers", "series", "studies", "patients"}
@@ -326,6 +326,27 @@ def test_a_reader_during_a_replacement_is_told_to_read_again(mongo: MongoStore) 
         assert fresh.read() == new
 
 
+def test_a_replacement_within_the_same_millisecond_is_a_new_version(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file version is named by its upload date in milliseconds: two versions
+    written within one millisecond (frozen here: the clock of a fast machine) must still
+    get different names, so a reader of the old record is told to read again instead of
+    being handed the new bytes under the old size and checksum (reported as damage)."""
+    import dcm_processor_service.store.mongodb.grid as grid
+
+    frozen = grid.now()
+    monkeypatch.setattr(grid, "now", lambda: frozen)
+    first = mongo.put_file(OWNER, "f", io.BytesIO(b"one"), content_type="text/plain")
+    second = mongo.put_file(OWNER, "f", io.BytesIO(b"two!"), content_type="text/plain")
+    assert second.id == first.id and second.blob_key != first.blob_key
+    assert second.updated_at > first.updated_at
+    with pytest.raises(NotFoundError, match="read it again"):
+        mongo.open_file(first).read()
+    with mongo.open_file(second) as reader:
+        assert reader.read() == b"two!"
+
+
 def _leave_journal(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, content: bytes) -> None:
     """Replace the file "f" by a writer that dies right after claiming the swap."""
     from dcm_processor_service.store.mongodb.grid import GridBucket
@@ -422,7 +443,7 @@ def test_checksum_made_stale_by_a_platform_rewrite_is_not_corruption(mongo: Mong
     mongo.put_instance(_instance("1.9.1"), io.BytesIO(b"ours again"))
     record = mongo.get_instance("1.9.1")
     assert record["SHA256"]  # fresh again
-    mongo.dicom.overwrite_for_test(record["BlobKey"], b"ours agaiN")  # damage: same size
+    corrupt_blob(mongo, record["BlobKey"], b"ours agaiN", mongo.dicom)  # damage: same size
     with pytest.raises(IntegrityError, match="sha256"), mongo.open_instance(record) as reader:
         reader.read()
 

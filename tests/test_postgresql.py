@@ -278,7 +278,7 @@ def test_concurrent_first_use_migration(postgres_server: PostgresServer, pg_db: 
     outcomes = [results.get(timeout=5) for _ in procs]
     assert outcomes == ["ok"] * 8
     assert [p.exitcode for p in procs] == [0] * 8
-    from dcm_processor_service.store._sql import SCHEMA_VERSION
+    from dcm_processor_service.store.sql import SCHEMA_VERSION
 
     versions = _sql(
         postgres_server, pg_db, "SELECT component, version FROM schema_version ORDER BY 1"

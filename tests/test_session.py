@@ -222,7 +222,7 @@ def test_upload_directory_and_bad_meta(job, tmp_path: Path) -> None:
 
 
 def test_corrupted_file_fails_download(job) -> None:
-    from test_store_contract import corrupt_blob
+    from support.stores import corrupt_blob
 
     dps.upload_session_file(b"a" * 1000, "f")
     session = dps.JobSession.current()

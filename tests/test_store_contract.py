@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import sqlite3
+from typing import Any
 
 import pytest
 
-from dcm_processor_service import IntegrityError, NotFoundError
-from dcm_processor_service.store import JobRef, Peer, Store
+from dcm_processor_service import IntegrityError, InvalidInputError, NotFoundError
+from dcm_processor_service.store import JobRef, JobStatus, Peer, SessionStatus, Store
 from dcm_processor_service.store.blobs import BlobInfo
-from support.stores import instance_input
+from support.stores import corrupt_blob, instance_input
 
 OWNER = JobRef("sess", "job-a", "alpha", "stable-series")
 OTHER = JobRef("sess", "job-b", "beta", "stable-series")
@@ -47,7 +50,79 @@ def test_sessions(store: Store) -> None:
     with pytest.raises(NotFoundError, match="'s1'"):
         store.get_session("s1")
     with pytest.raises(NotFoundError):
-        store.update_session("s1", status="x")
+        store.update_session("s1", status="running")
+
+
+def test_statuses_are_enums_stored_as_their_words(store: Store) -> None:
+    """Statuses come back as JobStatus/SessionStatus members whatever form was written
+    (the enum or its word), and are stored as the plain word (what a platform tool or
+    an older version reads)."""
+    session = store.ensure_session("s1")
+    assert session.status is SessionStatus.OPEN
+    assert store.update_session("s1", status="kept").status is SessionStatus.KEPT
+    assert store.get_session("s1").status is SessionStatus.KEPT
+    job = store.create_job("s1", "seg", "stable-series")
+    assert job.status is JobStatus.PENDING
+    for status in (JobStatus.RUNNING, "timed-out"):
+        assert store.update_job(job.id, status=status).status is JobStatus(status)
+    assert store.get_job(job.id).status is JobStatus.TIMED_OUT
+    assert json.dumps({"status": store.get_job(job.id).status}) == '{"status": "timed-out"}'
+    assert f"{JobStatus.TIMED_OUT}" == str(JobStatus.TIMED_OUT) == "timed-out"
+    assert _stored_words(store, "s1", job.id) == ("kept", "timed-out")
+
+
+def _stored_words(store: Store, session_id: str, job_id: str) -> tuple[Any, Any]:
+    """(session status, job status) as the database holds them, read beside the store."""
+    if store.provider == "sqlite":
+        with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
+            return (
+                conn.execute("SELECT status FROM sessions WHERE id = ?", (session_id,)).fetchone()[
+                    0
+                ],
+                conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()[0],
+            )
+    if store.provider == "postgresql":
+        import psycopg
+
+        with psycopg.connect(store.settings.conninfo) as conn:  # type: ignore[attr-defined]
+            return (
+                conn.execute("SELECT status FROM sessions WHERE id = %s", (session_id,)).fetchone()[
+                    0
+                ],  # type: ignore[index]
+                conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()[0],  # type: ignore[index]
+            )
+    from dcm_processor_service.store.mongodb.layout import id_values
+
+    db = store.database  # type: ignore[attr-defined]
+    session = db.sessions.find_one({"_id": {"$in": id_values(session_id)}})
+    job = db.jobs.find_one({"_id": {"$in": id_values(job_id)}})
+    return session["dcmProcessorService"]["status"], job["dcmProcessorService"]["status"]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda s: s.update_session("s1", status="done"),
+            "invalid session status 'done' - must be one of: open, running, kept,",
+        ),
+        (
+            lambda s: s.update_job(s.create_job("s1", "j", "stable-series").id, status="ok"),
+            "invalid job status 'ok' - must be one of: pending, running, succeeded,",
+        ),
+        (
+            lambda s: s.update_job(s.create_job("s1", "j", "stable-series").id, colour="red"),
+            r"cannot update job field\(s\) \['colour'\]; allowed:",
+        ),
+    ],
+    ids=["session-status", "job-status", "job-field"],
+)
+def test_unknown_status_or_field_is_refused(store: Store, call: Any, match: str) -> None:
+    store.ensure_session("s1")
+    with pytest.raises(InvalidInputError, match=match):
+        call(store)
+    assert store.get_session("s1").status is SessionStatus.OPEN  # nothing written
+    assert all(j.status is JobStatus.PENDING for j in store.list_jobs("s1"))
 
 
 def test_jobs(store: Store) -> None:
@@ -77,7 +152,7 @@ def test_jobs(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.get_job("nope")
     with pytest.raises(NotFoundError):
-        store.update_job("nope", status="x")
+        store.update_job("nope", status="failed")
     store.ensure_session("s1")
     assert store.delete_session("s1")
     assert store.list_jobs("s1") == []
@@ -175,15 +250,6 @@ def test_corrupted_blob_raises_integrity_error(store: Store) -> None:
     corrupt_blob(store, record.blob_key, b"x" * 10)
     with pytest.raises(IntegrityError, match="size"), store.open_file(record) as reader:
         reader.read()
-
-
-def corrupt_blob(store: Store, key: str, content: bytes) -> None:
-    """Overwrite a stored blob behind the store's back (simulates disk corruption)."""
-    blobs = store.blobs  # type: ignore[attr-defined]
-    if hasattr(blobs, "path"):
-        blobs.path(key).write_bytes(content)
-    else:
-        blobs.overwrite_for_test(key, content)
 
 
 # ------------------------------------------------------------------------- peers

@@ -30,11 +30,32 @@ with ``raise Mapped(message) from exc``, so the original stays in ``__cause__``.
         ├── PeerUnreachableError     connection refused / timed out
         ├── StoreFailedError         one or more C-STOREs failed
         └── TLSError                 certificate / handshake problems
+
+Attributes some errors carry (declared on the classes, so ``exc.transient`` is always
+there to read; no ``getattr`` probing):
+
+===========================  ==============================================================
+``MissingContextError``      ``variable``: the unset variable (hyphenated form)
+``PatientConflictError``     ``level`` (``"instance"``/``"series"``/``"study"``), ``uid``,
+                             ``stored_patient``/``new_patient`` (the two ``PatientUID``s),
+                             ``stored_identity``/``new_identity`` (their identifying tags)
+``NetworkError`` (all)       ``transient``: a retry on a new association may cure it
+                             (refused, reset, aborted, timed out: ``True``; unknown host,
+                             TLS, permanent rejection: ``False``, the default);
+                             ``in_doubt``: it ended a request that had been sent in full
+                             without an answer, so the peer may have performed it;
+                             ``report``: the :class:`~dcm_processor_service.SendReport` of
+                             the send it ended (``None`` outside ``DicomSender.send``)
+``AssociationRejectedError`` ``reason``: the peer's stated reason (``None`` if unknown)
+===========================  ==============================================================
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotation only: the sender imports this module
+    from .net.results import SendReport
 
 __all__ = [
     "AssociationAbortedError",
@@ -75,6 +96,9 @@ class MissingContextError(ConfigError):
 
     ``variable`` holds the (hyphenated) variable name.
     """
+
+    variable: str
+    """the unset variable, e.g. ``DCM-PROCESSOR-SERVICE-SESSION-ID``"""
 
     def __init__(self, variable: str, message: str | None = None) -> None:
         self.variable = variable
@@ -128,6 +152,19 @@ class PatientConflictError(ConflictError):
     ``PatientUID``s; ``stored_identity`` and ``new_identity`` their identifying tags
     (``PatientID '123', PatientName 'Doe^Jane'``), which the message shows.
     """
+
+    level: str
+    """``"instance"``, ``"series"`` or ``"study"``: the record that is shared"""
+    uid: str
+    """the SOPInstanceUID, SeriesInstanceUID or StudyInstanceUID that is shared"""
+    stored_patient: str
+    """the ``PatientUID`` the store files it under"""
+    new_patient: str
+    """the ``PatientUID`` of the refused instance"""
+    stored_identity: str
+    """identifying tags of the stored patient (for the message)"""
+    new_identity: str
+    """identifying tags of the refused instance's patient"""
 
     def __init__(
         self,
@@ -191,11 +228,26 @@ class ServiceError(DcmProcessorError):
 
 
 class NetworkError(DcmProcessorError):
-    """Talking to a DICOM peer failed."""
+    """Talking to a DICOM peer failed.
+
+    The association layer marks each one it raises: ``transient`` (whether a retry on a
+    new association may cure it) and ``in_doubt`` (whether it ended a request that had
+    gone out in full, unanswered). :meth:`DicomSender.send` attaches its ``report``.
+    """
+
+    transient: bool = False
+    """a retry on a new association may succeed (refused, reset, aborted, timed out)"""
+    in_doubt: bool = False
+    """it ended a request sent in full with no valid answer: the peer may have done it"""
+    report: SendReport | None = None
+    """what the send it ended did, instance by instance (set by ``DicomSender.send``)"""
 
 
 class AssociationRejectedError(NetworkError):
     """The peer rejected the association; ``reason`` holds its stated reason."""
+
+    reason: str | None
+    """the peer's stated reason (result, source and reason of the A-ASSOCIATE-RJ)"""
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         self.reason = reason

@@ -16,6 +16,7 @@ from typing import Any
 from ._context import current_context
 from ._runtime import store_for
 from .store.base import Store
+from .store.records import SessionStatus
 
 __all__ = ["CleanupReport", "run_post_services", "run_pre_services"]
 
@@ -38,7 +39,7 @@ def run_pre_services(*args: Any, store: Store | None = None, **kwargs: Any) -> d
     store = store or store_for()
     ctx = current_context()
     store.ensure_session(session_id, peer_id=ctx.peer_id)
-    session = store.update_session(session_id, status="running")
+    session = store.update_session(session_id, status=SessionStatus.RUNNING)
     logger.info("pre-services: session %s open", session_id)
     return {"session_id": session.id, "status": session.status}
 

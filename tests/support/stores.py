@@ -12,11 +12,12 @@ database per test, dropped after it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dcm_processor_service import RuntimeContext
-from dcm_processor_service.store import InstanceInput
+from dcm_processor_service.store import InstanceInput, Store
 
 #: Providers of the contract suite (``pytest -k sqlite`` selects one).
 PROVIDERS: list[str] = ["sqlite", "postgresql", "mongodb"]
@@ -109,3 +110,52 @@ def job_context(
         job_id=job,
         job_name=job,
     )
+
+
+def corrupt_blob(store: Store, key: str, content: bytes, blobs: Any = None) -> None:
+    """Replace the bytes of blob ``key`` behind the store's back, keeping the record
+    that describes it (simulates damaged storage: the next read must raise
+    IntegrityError). ``blobs``: the blob store holding it (default ``store.blobs``; the
+    ``mongodb`` provider's instances are in ``store.dicom``).
+
+    Each provider's bytes are rewritten where they live: a blob folder's file, the
+    PostgreSQL ``blob_chunks`` rows (through a connection of its own), a GridFS file's
+    chunks."""
+    blobs = store.blobs if blobs is None else blobs  # type: ignore[attr-defined]
+    if hasattr(blobs, "path"):  # a blob folder
+        blobs.path(key).write_bytes(content)
+    elif hasattr(blobs, "leases"):  # PostgreSQL chunk rows
+        _corrupt_pg_blob(store, blobs.chunk_size, key, content)
+    else:  # a GridFS bucket
+        _corrupt_grid_file(blobs, key, content)
+
+
+def _corrupt_pg_blob(store: Any, chunk_size: int, key: str, content: bytes) -> None:
+    import psycopg
+
+    pieces = [content[i : i + chunk_size] for i in range(0, len(content), chunk_size)]
+    with psycopg.connect(store.settings.conninfo) as conn, conn.transaction():
+        conn.execute("DELETE FROM blob_chunks WHERE key = %s", (key,))
+        for seq, piece in enumerate(pieces):
+            conn.execute(
+                "INSERT INTO blob_chunks (key, seq, data) VALUES (%s, %s, %s)", (key, seq, piece)
+            )
+        conn.execute("UPDATE blobs SET chunks = %s WHERE key = %s", (len(pieces), key))
+
+
+def _corrupt_grid_file(bucket: Any, key: str, content: bytes) -> None:
+    import bson
+
+    from dcm_processor_service.store.mongodb.grid import GRIDFS_CHUNK_SIZE, file_id_of
+
+    db = bucket.conn.database
+    file_id = file_id_of(key)
+    doc = db[f"{bucket.name}.files"].find_one({"_id": file_id})
+    assert doc is not None, f"GridFS file {file_id} not found in bucket {bucket.name!r}"
+    size = int(doc.get("chunkSize") or GRIDFS_CHUNK_SIZE)
+    chunks = db[f"{bucket.name}.chunks"]
+    chunks.delete_many({"files_id": file_id})
+    for n, start in enumerate(range(0, len(content), size)):
+        chunks.insert_one(
+            {"files_id": file_id, "n": n, "data": bson.Binary(content[start : start + size])}
+        )

@@ -22,23 +22,24 @@ import click
 
 from .._safe_text import mask_secrets
 from ..runner.progress import RunObserver
+from ..store.records import JobStatus
 from .formatting import duration, first_line
 
 __all__ = ["Console", "ConsoleLogHandler", "err", "out", "print_json"]
 
 _SYMBOLS_FANCY = {
-    "succeeded": "✓",
-    "failed": "✗",
-    "timed-out": "⏱",
-    "skipped": "\u2013",
-    "running": "▸",
+    JobStatus.SUCCEEDED: "✓",
+    JobStatus.FAILED: "✗",
+    JobStatus.TIMED_OUT: "⏱",
+    JobStatus.SKIPPED: "\u2013",
+    JobStatus.RUNNING: "▸",
 }
 _SYMBOLS_PLAIN = {
-    "succeeded": "ok",
-    "failed": "XX",
-    "timed-out": "TO",
-    "skipped": "--",
-    "running": ">>",
+    JobStatus.SUCCEEDED: "ok",
+    JobStatus.FAILED: "XX",
+    JobStatus.TIMED_OUT: "TO",
+    JobStatus.SKIPPED: "--",
+    JobStatus.RUNNING: ">>",
 }
 
 
@@ -74,7 +75,7 @@ class Console(RunObserver):
         self._last_draw = 0.0
 
     # drawing
-    def _sym(self, status: str) -> str:
+    def _sym(self, status: JobStatus) -> str:
         return (_SYMBOLS_FANCY if self.fancy else _SYMBOLS_PLAIN).get(status, "?")
 
     def _bar(self, fraction: float, width: int = 20) -> str:
@@ -148,11 +149,11 @@ class Console(RunObserver):
         self._last_step = {}
         if self.tty:
             self._draw(
-                f"  {self._sym('running')} {job.job_name}  {job.object_kind} {job.object_label}  running"
+                f"  {self._sym(JobStatus.RUNNING)} {job.job_name}  {job.object_kind} {job.object_label}  running"
             )
         elif job.object_kind != "session":
             self.line(
-                f"  {self._sym('running')} {job.job_name} ({job.object_kind} {job.object_label}) started"
+                f"  {self._sym(JobStatus.RUNNING)} {job.job_name} ({job.object_kind} {job.object_label}) started"
             )
 
     def job_progress(self, job: Any, progress: dict[str, Any], elapsed: float) -> None:
@@ -167,7 +168,7 @@ class Console(RunObserver):
             )
             text = " ".join(t for t in (bar, stage, message) if t)
             self._draw(
-                f"  {self._sym('running')} {job.job_name}  {text or 'running'}  {duration(elapsed)}"
+                f"  {self._sym(JobStatus.RUNNING)} {job.job_name}  {text or 'running'}  {duration(elapsed)}"
             )
             return
         step = {
@@ -191,7 +192,7 @@ class Console(RunObserver):
         self.line(
             f"  {self._sym(job.status)} {job.job_name}  {job.status} {timing}".rstrip()
             + (f"  ({job.object_kind} {job.object_label})" if job.object_kind != "session" else "")
-            + (f": {detail}" if detail and job.status != "succeeded" else "")
+            + (f": {detail}" if detail and job.status != JobStatus.SUCCEEDED else "")
         )
 
     def message(self, text: str) -> None:

@@ -80,7 +80,7 @@ from ..sources import (
     read_header,
 )
 from ..store.base import Store
-from ..store.records import InstanceInput
+from ..store.records import InstanceInput, InstanceRecord
 from .metadata import HEADER_KEYWORDS, instance_input
 from .verify import check_structure
 
@@ -293,7 +293,7 @@ class _Ingestor:
             else:
                 yield from self.file(entry)
 
-    def _stored(self, source: str, record: dict[str, Any]) -> StoredInstance:
+    def _stored(self, source: str, record: InstanceRecord) -> StoredInstance:
         stored = StoredInstance(
             path=source,
             instance_id=str(record["_id"]),

@@ -74,6 +74,7 @@ from .._context import current_context
 from .._errors import InvalidInputError
 from .._runtime import store_for
 from ..store.base import Store
+from ..store.records import InstanceRecord, SeriesRecord
 from .metadata import (
     INSTANCE_KEYWORDS,
     PATIENT_KEYWORDS,
@@ -82,7 +83,7 @@ from .metadata import (
     json_value,
 )
 from .order import DEFAULT_PLANE_TOLERANCE, PLANES, image_plane
-from .series import SeriesRecord, read_header
+from .series import read_header
 
 __all__ = ["DERIVED_KEYWORDS", "Selection", "SeriesSelector", "select_series"]
 
@@ -312,7 +313,7 @@ class _SeriesView:
         self.record = record
         self._store = store
         self._tolerance = plane_tolerance
-        self._instances: list[dict[str, Any]] | None = None
+        self._instances: list[InstanceRecord] | None = None
         self._header: Any = None
 
     @property
@@ -321,7 +322,7 @@ class _SeriesView:
             self._store = store_for()
         return self._store
 
-    def instances(self) -> list[dict[str, Any]]:
+    def instances(self) -> list[InstanceRecord]:
         if self._instances is None:
             self._instances = self.store.list_instances(self.record["_id"])
         return self._instances

@@ -30,7 +30,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, TypedDict, overload
+from typing import overload
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -40,13 +40,10 @@ from .._context import current_context
 from .._errors import InvalidInputError, NotFoundError
 from .._runtime import store_for
 from ..store.base import CHUNK_SIZE, Store
+from ..store.records import InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
 from .order import sort_instances
 
 __all__ = [
-    "InstanceRecord",
-    "PatientRecord",
-    "SeriesRecord",
-    "StudyRecord",
     "get_instance",
     "get_instance_dicom",
     "get_patient",
@@ -59,69 +56,9 @@ __all__ = [
     "list_studies",
     "read_header",
     "session_series",
-    "sort_instances",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------- record types
-class SeriesRecord(TypedDict):
-    """A series record (SPEC §4) — what a ``stable-series`` job gets as ``headers``."""
-
-    _id: str
-    PatientUID: str
-    StudyInstanceUID: str
-    SeriesInstanceUID: str
-    PeerUID: str | None
-    Instances: list[str]
-    Metadata: dict[str, Any]
-    CreatedAt: Any
-    UpdatedAt: Any
-
-
-class StudyRecord(TypedDict):
-    """A study record (SPEC §4); ``Metadata`` includes ``ModalitiesInStudy``."""
-
-    _id: str
-    PatientUID: str
-    StudyInstanceUID: str
-    PeerUID: str | None
-    Series: list[str]
-    Metadata: dict[str, Any]
-    CreatedAt: Any
-    UpdatedAt: Any
-
-
-class PatientRecord(TypedDict):
-    """A patient record (SPEC §4); ``Metadata`` includes ``ModalitiesInPatient``."""
-
-    _id: str
-    PatientUID: str
-    PeerUID: str | None
-    Studies: list[str]
-    Metadata: dict[str, Any]
-    CreatedAt: Any
-    UpdatedAt: Any
-
-
-class InstanceRecord(TypedDict):
-    """An instance record; ``Metadata`` holds the per-instance tags
-    (:data:`~dcm_processor_service.index.metadata.INSTANCE_KEYWORDS`)."""
-
-    _id: str
-    SOPInstanceUID: str
-    SOPClassUID: str
-    SeriesInstanceUID: str
-    SeriesUID: str
-    TransferSyntaxUID: str
-    Metadata: dict[str, Any]
-    Size: int
-    SHA256: str
-    PeerUID: str | None
-    SessionUID: str | None
-    CreatedAt: Any
-    UpdatedAt: Any
 
 
 def _store(store: Store | None) -> Store:
@@ -147,17 +84,16 @@ def list_instances(series_id: str, *, store: Store | None = None) -> list[Instan
     """The instance records of a series (``_id`` or SeriesInstanceUID) in slice order;
     :class:`NotFoundError` for an unknown series."""
     series_id = _check_key(series_id, "series id")
-    ordered = sort_instances(_store(store).list_instances(series_id))
-    return ordered  # type: ignore[return-value]
+    return sort_instances(_store(store).list_instances(series_id))
 
 
 def get_instance(instance_id: str, *, store: Store | None = None) -> InstanceRecord:
     """An instance record by ``_id`` or SOPInstanceUID."""
     instance_id = _check_key(instance_id, "instance id")
-    return _store(store).get_instance(instance_id)  # type: ignore[return-value]
+    return _store(store).get_instance(instance_id)
 
 
-def _read_instance(store: Store, record: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+def _read_instance(store: Store, record: InstanceRecord) -> tuple[InstanceRecord, bytes]:
     """The stored bytes of an instance, verified; re-reads the record once when the
     instance was replaced between listing and reading."""
     for attempt in range(2):
@@ -171,7 +107,7 @@ def _read_instance(store: Store, record: dict[str, Any]) -> tuple[dict[str, Any]
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def read_header(store: Store, record: dict[str, Any], *, first_read: int = 64 * 1024) -> Dataset:
+def read_header(store: Store, record: InstanceRecord, *, first_read: int = 64 * 1024) -> Dataset:
     """The header of a stored instance (everything before its pixel data), reading only
     as many bytes as that needs (the store's reader does not seek, so the bytes are read
     in growing blocks until pydicom stops before the pixel data or the file ends).
@@ -202,7 +138,7 @@ def read_header(store: Store, record: dict[str, Any], *, first_read: int = 64 * 
 def get_instance_dicom(instance_id: str, *, store: Store | None = None) -> Dataset:
     """One instance (``_id`` or SOPInstanceUID) as a pydicom dataset."""
     s = _store(store)
-    _, data = _read_instance(s, dict(get_instance(instance_id, store=s)))
+    _, data = _read_instance(s, get_instance(instance_id, store=s))
     return dcmread(io.BytesIO(data))
 
 
@@ -210,7 +146,7 @@ def get_instance_dicom(instance_id: str, *, store: Store | None = None) -> Datas
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
 
 
-def _write_instance(store: Store, record: dict[str, Any], target: Path) -> None:
+def _write_instance(store: Store, record: InstanceRecord, target: Path) -> None:
     """Stream an instance's stored bytes to ``target`` atomically (temporary file +
     rename)."""
     for attempt in range(2):
@@ -259,7 +195,7 @@ def get_series_dicom(
     if dir_path is None:
         datasets: list[Dataset] = []
         for record in records:
-            _, data = _read_instance(s, dict(record))
+            _, data = _read_instance(s, record)
             datasets.append(dcmread(io.BytesIO(data)))
         return datasets
     target = Path(dir_path)
@@ -270,7 +206,7 @@ def get_series_dicom(
     paths = []
     for number, record in enumerate(records, start=1):
         path = target / f"{number:0{width}d}_{_UNSAFE.sub('_', record['SOPInstanceUID'])}.dcm"
-        _write_instance(s, dict(record), path)
+        _write_instance(s, record, path)
         paths.append(str(path))
     logger.debug("wrote %d instance(s) of series %s to %s", len(paths), series_id, target)
     return paths
@@ -279,7 +215,7 @@ def get_series_dicom(
 def get_series(series_id: str, *, store: Store | None = None) -> SeriesRecord:
     """The series record by ``_id`` or SeriesInstanceUID; :class:`NotFoundError` naming it."""
     series_id = _check_key(series_id, "series id")
-    return _store(store).get_series(series_id)  # type: ignore[return-value]
+    return _store(store).get_series(series_id)
 
 
 def list_series(
@@ -291,10 +227,9 @@ def list_series(
 ) -> list[SeriesRecord]:
     """Series records, filtered by study (``_id`` or StudyInstanceUID), patient (``_id``
     or PatientUID) and/or the session whose ingest filed them. No filter: every series."""
-    records = _store(store).list_series(
+    return _store(store).list_series(
         study_id=study_id, patient_id=patient_id, session_id=session_id
     )
-    return records  # type: ignore[return-value]
 
 
 def session_series(
@@ -310,24 +245,24 @@ def session_series(
 def get_study(study_id: str, *, store: Store | None = None) -> StudyRecord:
     """The study record by ``_id`` or StudyInstanceUID."""
     study_id = _check_key(study_id, "study id")
-    return _store(store).get_study(study_id)  # type: ignore[return-value]
+    return _store(store).get_study(study_id)
 
 
 def list_studies(
     *, patient_id: str | None = None, session_id: str | None = None, store: Store | None = None
 ) -> list[StudyRecord]:
     """Study records, filtered by patient and/or session."""
-    return _store(store).list_studies(patient_id=patient_id, session_id=session_id)  # type: ignore[return-value]
+    return _store(store).list_studies(patient_id=patient_id, session_id=session_id)
 
 
 def get_patient(patient_id: str, *, store: Store | None = None) -> PatientRecord:
     """The patient record by ``_id`` or PatientUID."""
     patient_id = _check_key(patient_id, "patient id")
-    return _store(store).get_patient(patient_id)  # type: ignore[return-value]
+    return _store(store).get_patient(patient_id)
 
 
 def list_patients(
     *, session_id: str | None = None, store: Store | None = None
 ) -> list[PatientRecord]:
     """Patient records, filtered by session."""
-    return _store(store).list_patients(session_id=session_id)  # type: ignore[return-value]
+    return _store(store).list_patients(session_id=session_id)

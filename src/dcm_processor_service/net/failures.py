@@ -19,7 +19,7 @@ __all__ = ["aborted", "is_in_doubt", "is_transient", "mark", "mark_in_doubt"]
 
 def mark(exc: NetworkError, transient: bool) -> NetworkError:
     """``exc``, marked as ``transient`` (a retry may cure it) or not."""
-    exc.transient = transient  # type: ignore[attr-defined]
+    exc.transient = transient
     return exc
 
 
@@ -30,17 +30,17 @@ def aborted(message: str) -> NetworkError:
 
 def mark_in_doubt(exc: NetworkError) -> NetworkError:
     """``exc``, marked as ending a request that had been sent in full."""
-    exc.in_doubt = True  # type: ignore[attr-defined]
+    exc.in_doubt = True
     return exc
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a network failure a retry on a new association may cure."""
-    return bool(getattr(exc, "transient", False))
+    return isinstance(exc, NetworkError) and exc.transient
 
 
 def is_in_doubt(exc: BaseException) -> bool:
     """Whether ``exc`` ended a request that had been sent in full: no valid response
     came (timeout, abort, closed connection, garbage), so the peer may have performed it
     - e.g. stored the instance - without telling us."""
-    return bool(getattr(exc, "in_doubt", False))
+    return isinstance(exc, NetworkError) and exc.in_doubt

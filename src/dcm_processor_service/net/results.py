@@ -209,7 +209,7 @@ class SendReport:
                 f"{len(failed)} of {len(self.results)} instance(s) were {what} by "
                 f"{self.peer}: {lines}{more}"
             )
-            exc.report = self  # type: ignore[attr-defined]
+            exc.report = self
             raise exc
         return self
 

@@ -352,7 +352,7 @@ class DicomSender:
         else:
             logger.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
         if fatal is not None:
-            fatal.report = report  # type: ignore[attr-defined]
+            fatal.report = report
             raise fatal
         return report
 

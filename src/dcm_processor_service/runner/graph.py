@@ -40,6 +40,7 @@ from typing import Any
 from .._context import JOB_EVENTS, RuntimeContext, use_context
 from .._errors import ServiceError
 from ..store.base import Store
+from ..store.records import JobStatus
 from .platform import registry_result
 from .report import FILTERED_OUT, JobRun, SessionRun
 from .specs import JobSpec, ServiceManifest
@@ -56,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUCCEEDED = "succeeded"
+SUCCEEDED = JobStatus.SUCCEEDED
 
 
 def dependency_problems(jobs: Sequence[JobSpec]) -> list[tuple[str, str]]:
@@ -317,8 +318,8 @@ class _GraphBuilder:
         for study in self.store.list_studies(session_id=sid):
             series_nodes: list[JobNode] = []
             for series in self.store.list_series(study_id=str(study["_id"]), session_id=sid):
-                series_nodes += self.schedule("stable-series", "series", series, [])
-            study_nodes = self.schedule("stable-study", "study", study, series_nodes)
+                series_nodes += self.schedule("stable-series", "series", dict(series), [])
+            study_nodes = self.schedule("stable-study", "study", dict(study), series_nodes)
             nodes += series_nodes + study_nodes
             patient_waits += study_nodes or series_nodes
         for patient in patients:

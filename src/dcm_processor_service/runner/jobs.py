@@ -21,7 +21,7 @@ from .._context import RuntimeContext, context_environ
 from .._errors import DcmProcessorError
 from .._safe_text import bound_text
 from ..store.base import Store
-from ..store.records import utcnow
+from ..store.records import JobStatus, utcnow
 from .executors.base import SKIPPED, Executor, JobOutcome, JobTask
 from .export import safe_dir_name
 from .graph import SUCCEEDED, JobNode
@@ -64,10 +64,10 @@ class JobRecorder:
         """Record ``run`` as running, owned by this runner, and tell the observer."""
         assert run.job_id is not None
         run.started_at = utcnow()
-        run.status = "running"
+        run.status = JobStatus.RUNNING
         self.store.update_job(
             run.job_id,
-            status="running",
+            status=JobStatus.RUNNING,
             started_at=run.started_at,
             owner=self.owner,
             heartbeat_at=run.started_at,
@@ -115,7 +115,7 @@ class SessionJobs:
                 with contextlib.suppress(Exception):
                     self.store.update_job(
                         key,
-                        status="failed",
+                        status=JobStatus.FAILED,
                         finished_at=utcnow(),
                         error=f"{stop_reason(exc)} - the job's processes were ended",
                     )
@@ -198,9 +198,11 @@ class SessionJobs:
         run = node.run
         self.session.jobs.append(run)
         reason = node.blocked_reason() or "a job it comes after did not succeed"
-        run.status, run.reason = "skipped", reason
+        run.status, run.reason = JobStatus.SKIPPED, reason
         run.finished_at = utcnow()
-        self.store.update_job(node.key, status="skipped", error=reason, finished_at=run.finished_at)
+        self.store.update_job(
+            node.key, status=JobStatus.SKIPPED, error=reason, finished_at=run.finished_at
+        )
         logger.info(
             "job %s skipped for %s %s: %s", run.job_name, run.object_kind, run.object_label, reason
         )

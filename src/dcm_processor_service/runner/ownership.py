@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Final
 
 from ..store.base import Store
-from ..store.records import JobRecord, SessionRecord, utcnow
+from ..store.records import JobRecord, JobStatus, SessionRecord, SessionStatus, utcnow
 from .processes import end_processes, pid_alive
 
 __all__ = [
@@ -52,8 +52,8 @@ QUEUED_EVERY: Final = 6
 #: A heartbeat older than this (seconds) marks the record stale.
 STALE_AFTER: Final = 120.0
 #: Statuses in which a record needs a live owner.
-ACTIVE_SESSION_STATES: Final = ("open", "running")
-ACTIVE_JOB_STATES: Final = ("pending", "running")
+ACTIVE_SESSION_STATES: Final = (SessionStatus.OPEN, SessionStatus.RUNNING)
+ACTIVE_JOB_STATES: Final = (JobStatus.PENDING, JobStatus.RUNNING)
 
 
 def this_owner() -> str:
@@ -122,12 +122,12 @@ def abandon_session(
     for job in store.list_jobs(session.id):
         if job.status not in ACTIVE_JOB_STATES:
             continue
-        if job.status == "running" and here:
+        if job.status == JobStatus.RUNNING and here:
             ended += end_processes(None, job.id, grace=grace)
-        status = "failed" if job.status == "running" else "skipped"
+        status = JobStatus.FAILED if job.status == JobStatus.RUNNING else JobStatus.SKIPPED
         store.update_job(job.id, status=status, error=why, finished_at=utcnow())
         jobs += 1
-    store.update_session(session.id, status="abandoned")
+    store.update_session(session.id, status=SessionStatus.ABANDONED)
     out: dict[str, object] = {"processes_ended": ended, "jobs_abandoned": jobs}
     if not here:
         out["note"] = f"its runner ran on {host!r}: end what it left running there"

@@ -12,11 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from .._safe_text import bound_text
+from ..store.records import JobStatus
 
 __all__ = ["FILTERED_OUT", "JobRun", "RunReport", "SessionRun"]
 
 #: Job states that count as a failure of the run.
-_FAILED = ("failed", "timed-out")
+_FAILED = (JobStatus.FAILED, JobStatus.TIMED_OUT)
 #: ``reason`` of a job whose registry callback returned false for an object (in
 #: :attr:`SessionRun.not_scheduled`).
 FILTERED_OUT = "registry callback returned false"
@@ -32,7 +33,7 @@ class JobRun:
     object_kind: str
     object_id: str | None
     object_label: str
-    status: str = "pending"
+    status: JobStatus = JobStatus.PENDING
     job_id: str | None = None
     reason: str | None = None
     error: str | None = None
@@ -46,7 +47,7 @@ class JobRun:
 
     def fail(self, error: str, traceback: str | None = None) -> None:
         """Mark the run failed with ``error`` (and ``traceback``), both bounded."""
-        self.status = "failed"
+        self.status = JobStatus.FAILED
         self.error = bound_text(error)
         self.traceback = bound_text(traceback) if traceback else None
 

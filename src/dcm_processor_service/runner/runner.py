@@ -52,7 +52,7 @@ from .._errors import DcmProcessorError, InvalidInputError, ServiceError
 from .._safe_text import mask_secrets
 from ..store.address import StoreAddress
 from ..store.base import Store
-from ..store.records import Peer, utcnow
+from ..store.records import JobStatus, Peer, SessionStatus, utcnow
 from ..store.registry import open_store
 from .entries import EntryLoader
 from .executors.base import Executor
@@ -183,16 +183,25 @@ class Runner:
         run yet are ``skipped``, a job still ``running`` is ``failed``, the sessions not
         finished are ``interrupted`` (``failed`` after an error), so none stays active."""
         why = stop_reason(exc)
-        session_status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        session_status = (
+            SessionStatus.INTERRUPTED
+            if isinstance(exc, KeyboardInterrupt)
+            else SessionStatus.FAILED
+        )
         for session_id in self._unfinished:
             try:
                 for job in store.list_jobs(session_id):
-                    if job.status == "pending":
+                    if job.status == JobStatus.PENDING:
                         store.update_job(
-                            job.id, status="skipped", error=f"not run: {why}", finished_at=utcnow()
+                            job.id,
+                            status=JobStatus.SKIPPED,
+                            error=f"not run: {why}",
+                            finished_at=utcnow(),
                         )
-                    elif job.status == "running":
-                        store.update_job(job.id, status="failed", error=why, finished_at=utcnow())
+                    elif job.status == JobStatus.RUNNING:
+                        store.update_job(
+                            job.id, status=JobStatus.FAILED, error=why, finished_at=utcnow()
+                        )
                 store.update_session(session_id, status=session_status)
             except DcmProcessorError as err:
                 logger.warning("could not record that session %s stopped: %s", session_id, err)
@@ -298,7 +307,7 @@ class Runner:
         ctx = self._context(session.session_id, peer)
         self._heartbeat.watch(session.session_id)
         self.observer.session_started(session)
-        patients = store.list_patients(session_id=session.session_id)
+        patients = [dict(p) for p in store.list_patients(session_id=session.session_id)]
         patient = patients[0] if patients else {}
         pre = self._hook(store, session, ctx, "pre-services", run_pre_services, patient)
         if pre.failed:
@@ -326,7 +335,7 @@ class Runner:
             session.cleaned_up = post.status == SUCCEEDED
         else:
             logger.info("session %s kept (%s)", session.session_id, session.kept_reason)
-            store.update_session(session.session_id, status="kept")
+            store.update_session(session.session_id, status=SessionStatus.KEPT)
         self._finished(session.session_id)
         self.observer.session_finished(session)
 

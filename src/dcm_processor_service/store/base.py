@@ -25,9 +25,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO, ClassVar
 
-from .._errors import StorageError
+from .._errors import NotFoundError, StorageError
 from .garbage import GarbageReport
-from .records import FileRecord, InstanceInput, JobRecord, Peer, SessionRecord
+from .records import (
+    DataRecord,
+    FileRecord,
+    InstanceInput,
+    InstanceRecord,
+    JobRecord,
+    PatientRecord,
+    Peer,
+    SeriesRecord,
+    SessionRecord,
+    SessionStatus,
+    StudyRecord,
+)
 
 __all__ = ["CHUNK_SIZE", "JobRef", "Store"]
 
@@ -86,6 +98,17 @@ class Store(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _not_found(self, kind: str, key: str) -> NotFoundError:
+        """``<kind> '<key>' not found in <this store>`` (for providers)."""
+        return NotFoundError(f"{kind} {key!r} not found in {self.describe()}")
+
+    def _peer_not_found(self, name_or_id: str) -> NotFoundError:
+        """A :class:`NotFoundError` for an unknown peer that lists the known ones."""
+        known = ", ".join(p.name for p in self.list_peers()) or "none"
+        return NotFoundError(
+            f"peer {name_or_id!r} not found in {self.describe()} (known peers: {known})"
+        )
+
     # ----------------------------------------------------------------- sessions
     @abc.abstractmethod
     def ensure_session(
@@ -111,14 +134,15 @@ class Store(abc.ABC):
         self,
         session_id: str,
         *,
-        status: str | None = None,
+        status: SessionStatus | str | None = None,
         meta: dict[str, Any] | None = None,
         owner: str | None = None,
         heartbeat_at: datetime | None = None,
     ) -> SessionRecord:
         """Change a session's status, ``owner`` (``PID@HOST`` of the runner working on
         it) and/or ``heartbeat_at``, and/or merge ``meta`` into its meta (``None``
-        leaves a field as it is)."""
+        leaves a field as it is). ``status`` is a :class:`SessionStatus` or its text;
+        another word raises :class:`InvalidInputError`."""
 
     @abc.abstractmethod
     def delete_session(self, session_id: str) -> bool:
@@ -153,8 +177,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
-        """Set any of ``status``, ``progress`` (merged), ``error``, ``started_at``,
-        ``finished_at``, ``params``, ``owner``, ``heartbeat_at``."""
+        """Set any of ``status`` (a :class:`JobStatus` or its text), ``progress``
+        (merged), ``error``, ``started_at``, ``finished_at``, ``params``,
+        ``service_name``, ``owner``, ``heartbeat_at`` (:data:`JOB_FIELDS`); another field
+        name or status word raises :class:`InvalidInputError`."""
 
     # ------------------------------------------------------------- session data
     @abc.abstractmethod
@@ -170,8 +196,8 @@ class Store(abc.ABC):
         """Remove a value; ``False`` if there was none."""
 
     @abc.abstractmethod
-    def list_data(self, session_id: str) -> list[dict[str, Any]]:
-        """``{"job_id", "job_name", "event", "name", "value_json"}`` for each value."""
+    def list_data(self, session_id: str) -> list[DataRecord]:
+        """Every value of the session with its owner job, by job name then name."""
 
     @abc.abstractmethod
     def delete_session_data(self, session_id: str) -> int:
@@ -230,33 +256,34 @@ class Store(abc.ABC):
 
     # ------------------------------------------------------------- DICOM index
     @abc.abstractmethod
-    def put_instance(self, instance: InstanceInput, source: BinaryIO) -> dict[str, Any]:
+    def put_instance(self, instance: InstanceInput, source: BinaryIO) -> InstanceRecord:
         """Store the instance's bytes and file it under patient → study → series in
         one transaction. The same SOPInstanceUID again replaces (never duplicates).
-        Returns the instance record dict."""
+        Returns the instance record."""
 
     @abc.abstractmethod
-    def get_instance(self, instance_id: str) -> dict[str, Any]:
+    def get_instance(self, instance_id: str) -> InstanceRecord:
         """The instance record by ``_id`` or SOPInstanceUID, or :class:`NotFoundError`."""
 
     @abc.abstractmethod
-    def list_instances(self, series_id: str) -> list[dict[str, Any]]:
-        """The instance records of a series (by ``_id`` or SeriesInstanceUID)."""
+    def list_instances(self, series_id: str) -> list[InstanceRecord]:
+        """The instance records of a series (by ``_id`` or SeriesInstanceUID), by
+        InstanceNumber then SOPInstanceUID (anatomical order is the index layer's)."""
 
     @abc.abstractmethod
-    def open_instance(self, instance: dict[str, Any]) -> BinaryIO:
+    def open_instance(self, instance: InstanceRecord) -> BinaryIO:
         """A verifying reader of the instance's stored bytes."""
 
     @abc.abstractmethod
-    def get_series(self, series_id: str) -> dict[str, Any]:
+    def get_series(self, series_id: str) -> SeriesRecord:
         """The series record (SPEC §4) by ``_id`` or SeriesInstanceUID."""
 
     @abc.abstractmethod
-    def get_study(self, study_id: str) -> dict[str, Any]:
+    def get_study(self, study_id: str) -> StudyRecord:
         """The study record by ``_id`` or StudyInstanceUID."""
 
     @abc.abstractmethod
-    def get_patient(self, patient_id: str) -> dict[str, Any]:
+    def get_patient(self, patient_id: str) -> PatientRecord:
         """The patient record by ``_id`` or PatientUID."""
 
     @abc.abstractmethod
@@ -266,18 +293,18 @@ class Store(abc.ABC):
         study_id: str | None = None,
         patient_id: str | None = None,
         session_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[SeriesRecord]:
         """Series records, filtered by study, patient (``_id`` or PatientUID) and/or
         the session whose ingest filed them."""
 
     @abc.abstractmethod
     def list_studies(
         self, *, patient_id: str | None = None, session_id: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[StudyRecord]:
         """Study records, filtered by patient and/or session."""
 
     @abc.abstractmethod
-    def list_patients(self, *, session_id: str | None = None) -> list[dict[str, Any]]:
+    def list_patients(self, *, session_id: str | None = None) -> list[PatientRecord]:
         """Patient records, filtered by session."""
 
     @abc.abstractmethod

@@ -45,8 +45,8 @@ from .._errors import (
     StorageError,
     StoreUnavailableError,
 )
-from ._modes import private_folder
 from .base import CHUNK_SIZE
+from .file_modes import private_folder
 from .garbage import GarbageReport, ReferencedKeys
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The ``postgresql`` provider: one shared, transactional store for many workers.
 
 Many workers on many hosts run jobs of the same sessions at once; they share one
-PostgreSQL database. The SQL itself is the shared :mod:`._sql` logic; this module is the
+PostgreSQL database. The SQL itself is the shared :mod:`.sql` logic; this module is the
 dialect: URL parsing, a small per-process connection pool, transactions, which errors
 are retried, clear errors when the server cannot be used, and the blob store.
 
@@ -58,11 +58,12 @@ from .._errors import (
     StoreUnavailableError,
 )
 from .._safe_text import mask_secrets, register_secret
-from ._pg_blobs import BLOB_SCHEMA, PostgresBlobStore
-from ._sql import SCHEMA_VERSION, SQLStore, Tx
 from .blobs import DirectoryBlobStore
 from .garbage import GarbageReport
-from .records import utcnow
+from .postgresql_blobs import BLOB_SCHEMA, PostgresBlobStore
+from .sql import SCHEMA_VERSION, SQLStore, Tx
+from .sql.record_blobs import BLOB_TABLES
+from .sql.schema import apply_versions
 
 __all__ = ["PgSettings", "PostgreSQLStore", "parse_url"]
 
@@ -263,7 +264,7 @@ class PostgreSQLStore(SQLStore):
                 self._run,
                 self._connect,
                 self.describe,
-                referenced_by=(("session_files", "blob_key"), ("instances", "blob_key")),
+                referenced_by=[(table, "blob_key") for table in BLOB_TABLES],
             )
         self._ensure_schema()
 
@@ -436,20 +437,7 @@ class PostgreSQLStore(SQLStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _apply_blob_schema(self, tx: Tx) -> None:
-        row = tx.one("SELECT version FROM schema_version WHERE component = ?", (_BLOB_COMPONENT,))
-        current = int(row["version"]) if row else 0
-        for version, statements in BLOB_SCHEMA:
-            if version <= current:
-                continue
-            for statement in statements:
-                tx.execute(statement)
-            tx.execute(
-                "INSERT INTO schema_version (component, version, applied_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (component) DO UPDATE SET version = excluded.version,"
-                " applied_at = excluded.applied_at",
-                (_BLOB_COMPONENT, version, utcnow().isoformat()),
-            )
-            logger.info("%s: applied blob schema version %d", self.describe(), version)
+        apply_versions(tx, _BLOB_COMPONENT, BLOB_SCHEMA, self.describe())
 
     def _ensure_schema(self) -> None:
         """First use: create or upgrade the schema only when it is not current."""

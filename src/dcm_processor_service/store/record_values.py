@@ -27,7 +27,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["parse_patient_age", "patient_identity", "patient_uid", "platform_metadata"]
+__all__ = [
+    "parse_patient_age",
+    "patient_identity",
+    "patient_uid",
+    "platform_metadata",
+]
 
 _AGE_RE: Final = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER: Final = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}

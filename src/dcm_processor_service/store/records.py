@@ -1,7 +1,21 @@
-"""Typed records the stores read and write.
+"""Typed records the stores read and write, and the statuses of sessions and jobs.
 
-The dict shapes that service callbacks receive (SPEC §4 ``headers``) are produced from
-these by ``to_dict()``; their field names are part of the compatibility contract.
+Two kinds of record cross the store boundary:
+
+* frozen dataclasses for what this package owns: :class:`SessionRecord`,
+  :class:`JobRecord`, :class:`FileRecord`, :class:`Peer` (also a read-only mapping),
+  and :class:`InstanceInput` (what the ingest hands the index);
+* :class:`~typing.TypedDict` records of the DICOM index - :class:`SeriesRecord`,
+  :class:`StudyRecord`, :class:`PatientRecord`, :class:`InstanceRecord` - which *are*
+  the plain dicts service callbacks receive as ``headers`` (SPEC §4): their keys are
+  part of the compatibility contract, so they stay dicts; the types only name the keys.
+  :class:`DataRecord` is one row of :meth:`Store.list_data`.
+
+:class:`JobStatus` and :class:`SessionStatus` are ``str``-valued enums: a member *is* its
+text (``JobStatus.SUCCEEDED == "succeeded"``, ``str()``/``format()``/JSON give
+``"succeeded"``), so stored values and JSON outputs are the plain words. A record
+converts whatever status it is given (``"failed"`` or ``JobStatus.FAILED``) to the enum
+and refuses unknown words with :class:`~dcm_processor_service.InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -10,17 +24,27 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from enum import Enum
+from typing import Any, TypedDict
 
 from .._errors import InvalidInputError
 from .._validation import validate_ae_title, validate_name, validate_port
 
 __all__ = [
+    "JOB_FIELDS",
+    "DataRecord",
     "FileRecord",
     "InstanceInput",
+    "InstanceRecord",
     "JobRecord",
+    "JobStatus",
+    "PatientRecord",
     "Peer",
+    "SeriesRecord",
     "SessionRecord",
+    "SessionStatus",
+    "StudyRecord",
+    "job_changes",
     "utcnow",
 ]
 
@@ -28,6 +52,86 @@ __all__ = [
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC (what every record's timestamps use)."""
     return datetime.now(timezone.utc)
+
+
+# ------------------------------------------------------------------- statuses
+class _Words(str, Enum):
+    """A ``str`` enum whose members print as their value (like 3.11's ``StrEnum``), and
+    whose constructor refuses an unknown word with a message listing the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        what = "".join(f" {c.lower()}" if c.isupper() else c for c in cls.__name__).strip()
+        known = ", ".join(m.value for m in cls)
+        raise InvalidInputError(f"invalid {what} {value!r} - must be one of: {known}")
+
+
+class JobStatus(_Words):
+    """Where a job stands. ``pending`` -> ``running`` -> one of the four final states."""
+
+    PENDING = "pending"
+    """created, not started yet"""
+    RUNNING = "running"
+    """its process runs (``owner``/``heartbeat_at`` say which runner watches it)"""
+    SUCCEEDED = "succeeded"
+    """the worker returned"""
+    FAILED = "failed"
+    """the worker raised, or its runner stopped or vanished while it ran"""
+    SKIPPED = "skipped"
+    """not run: a dependency did not succeed, a filter said no, or the run stopped first"""
+    TIMED_OUT = "timed-out"
+    """killed after the job's ``timeout``"""
+
+
+class SessionStatus(_Words):
+    """Where a session stands (the local runner's words; the platform keeps none)."""
+
+    OPEN = "open"
+    """created (``ensure_session``), no job run yet"""
+    RUNNING = "running"
+    """the pre-services hook ran: its jobs are being run"""
+    KEPT = "kept"
+    """a job failed and the session was kept for inspection instead of cleaned up"""
+    INTERRUPTED = "interrupted"
+    """the run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP)"""
+    FAILED = "failed"
+    """the runner itself failed while running it"""
+    ABANDONED = "abandoned"
+    """its runner was found gone (``sessions list --abandon-stale``)"""
+
+
+#: The job fields :meth:`Store.update_job` may change.
+JOB_FIELDS = (
+    "status",
+    "progress",
+    "error",
+    "started_at",
+    "finished_at",
+    "params",
+    "service_name",
+    "owner",
+    "heartbeat_at",
+)
+
+
+def job_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword changes of :meth:`Store.update_job`, checked (only
+    :data:`JOB_FIELDS`) and with ``status`` as a :class:`JobStatus`."""
+    unknown = set(changes) - set(JOB_FIELDS)
+    if unknown:
+        raise InvalidInputError(
+            f"cannot update job field(s) {sorted(unknown)}; allowed: {JOB_FIELDS}"
+        )
+    out = dict(changes)
+    if out.get("status") is not None:
+        out["status"] = JobStatus(out["status"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,7 +221,7 @@ class SessionRecord:
     id: str
     peer_id: str | None = None
     patient_uid: str | None = None
-    status: str = "open"
+    status: SessionStatus = SessionStatus.OPEN
     meta: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
@@ -125,18 +229,21 @@ class SessionRecord:
     owner: str | None = None
     heartbeat_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", SessionStatus(self.status))
+
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job of a session. ``status``: pending, running, succeeded, failed, skipped,
-    timed-out. ``progress`` holds what the job reported (percent, stage, heartbeat)."""
+    """One job of a session (``status``: see :class:`JobStatus`). ``progress`` holds
+    what the job reported (percent, stage, heartbeat)."""
 
     id: str
     session_id: str
     name: str
     event: str
     service_name: str | None = None
-    status: str = "pending"
+    status: JobStatus = JobStatus.PENDING
     params: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -147,6 +254,9 @@ class JobRecord:
     #: ``PID@HOST`` of the runner that started it, and its last sign of life
     owner: str | None = None
     heartbeat_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", JobStatus(self.status))
 
 
 @dataclass(frozen=True)
@@ -219,3 +329,81 @@ class InstanceInput:
     peer_id: str | None = None
     session_id: str | None = None
     header: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------- index records
+class InstanceRecord(TypedDict):
+    """An instance record; ``Metadata`` holds the per-instance tags
+    (:data:`~dcm_processor_service.index.ingest.INSTANCE_KEYWORDS`), ``SeriesUID`` the
+    ``_id`` of the series record listing it, ``BlobKey`` where its bytes are stored."""
+
+    _id: str
+    SOPInstanceUID: str
+    SOPClassUID: str
+    SeriesInstanceUID: str
+    SeriesUID: str | None
+    TransferSyntaxUID: str
+    Metadata: dict[str, Any]
+    Size: int
+    SHA256: str
+    BlobKey: str
+    PeerUID: str | None
+    SessionUID: str | None
+    CreatedAt: str | None
+    UpdatedAt: str | None
+
+
+class _SeriesFields(TypedDict):
+    _id: str
+    PatientUID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    PeerUID: str | None
+    Instances: list[str]
+    Metadata: dict[str, Any]
+    CreatedAt: str | None
+    UpdatedAt: str | None
+
+
+class SeriesRecord(_SeriesFields, total=False):
+    """A series record (SPEC §4) - what a ``stable-series`` job gets as ``headers``.
+    ``Instances`` lists the instance ``_id``s; ``Metadata`` holds the patient, study
+    and series tags. The SQL providers add ``StudyUID``, the study record's ``_id``."""
+
+    StudyUID: str
+
+
+class StudyRecord(TypedDict):
+    """A study record (SPEC §4); ``Metadata`` includes ``ModalitiesInStudy``."""
+
+    _id: str
+    PatientUID: str
+    StudyInstanceUID: str
+    PeerUID: str | None
+    Series: list[str]
+    Metadata: dict[str, Any]
+    CreatedAt: str | None
+    UpdatedAt: str | None
+
+
+class PatientRecord(TypedDict):
+    """A patient record (SPEC §4); ``Metadata`` includes ``ModalitiesInPatient``."""
+
+    _id: str
+    PatientUID: str
+    PeerUID: str | None
+    Studies: list[str]
+    Metadata: dict[str, Any]
+    CreatedAt: str | None
+    UpdatedAt: str | None
+
+
+class DataRecord(TypedDict):
+    """One stored session value (:meth:`Store.list_data`): its owner job and the JSON
+    text of the value."""
+
+    job_id: str
+    job_name: str | None
+    event: str | None
+    name: str
+    value_json: str

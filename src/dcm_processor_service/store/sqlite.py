@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import StorageError, StoreUnavailableError
-from ._modes import private_file
-from ._sql import SCHEMA_VERSION, SQLStore, Tx
 from .address import DEFAULT_SQLITE_NAME, sqlite_location
 from .blobs import DirectoryBlobStore
+from .file_modes import private_file
+from .sql import SCHEMA_VERSION, SQLStore, Tx
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ..._errors import ServiceError
+from ...store.records import JobStatus
 from ..console import Console, err, out, print_json
 from ..formatting import failure_details, run_summary
 from ..options import (
@@ -163,7 +164,7 @@ def execute_run(
         if details:
             err(details)
     if expect_job and not any(
-        j.job_name == expect_job and j.status == "succeeded" for j in report.jobs
+        j.job_name == expect_job and j.status == JobStatus.SUCCEEDED for j in report.jobs
     ):
         err(f"error: job {expect_job!r} did not run on the input (see the summary)")
         return 1

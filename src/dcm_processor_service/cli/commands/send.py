@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..._errors import DcmProcessorError
+from ..._errors import DcmProcessorError, NetworkError
 from ..console import err, out, print_json
 from ..options import CliState, pass_state, uses_store
 
@@ -47,10 +47,10 @@ def send(state: CliState, peer: str, paths: tuple[str, ...], series_ids: tuple[s
                 reports.append(sender.send(files))
             if datasets:
                 reports.append(sender.send(datasets))
-        except DcmProcessorError as exc:  # a network failure: show what was done first
-            if getattr(exc, "report", None) is None:
+        except NetworkError as exc:  # a network failure: show what was done first
+            if exc.report is None:
                 raise
-            reports.append(exc.report)  # type: ignore[attr-defined]
+            reports.append(exc.report)
             fatal = exc
     results = [r for report in reports for r in report.results]
     failed = [r for r in results if not r.ok]

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..._errors import InvalidInputError, NotFoundError
+from ...store.records import JobStatus
 from ..console import err, out, print_json
 from ..formatting import duration, first_line, size, table
 from ..options import CliState, pass_state, uses_store
@@ -73,7 +74,7 @@ def sessions_list(state: CliState) -> int:
     with state.open_store() as store:
         for s in store.list_sessions():
             jobs = store.list_jobs(s.id)
-            failed = sum(1 for j in jobs if j.status in ("failed", "timed-out"))
+            failed = sum(1 for j in jobs if j.status in (JobStatus.FAILED, JobStatus.TIMED_OUT))
             life = _liveness(s)
             data.append(
                 {

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ...store.records import JobStatus
 from ..entries import EntryPoint
 
 __all__ = ["SKIPPED", "Executor", "JobListener", "JobOutcome", "JobTask"]
 
 #: Status of a task that did not run because a task it comes ``after`` did not succeed.
-SKIPPED = "skipped"
+SKIPPED = JobStatus.SKIPPED
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class JobOutcome:
     """What came out of one job: ``status`` ``succeeded``, ``failed``, ``timed-out``, or
     ``skipped`` (it did not run: a task it comes ``after`` did not succeed)."""
 
-    status: str
+    status: JobStatus
     result: Any = None
     error: str | None = None
     traceback: str | None = None

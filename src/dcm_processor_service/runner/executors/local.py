@@ -39,6 +39,7 @@ from typing import IO
 
 from ..._errors import ServiceError
 from ..._safe_text import TextBounder, bound_text, mask_secrets
+from ...store.records import JobStatus
 from ..processes import MARKER_VARIABLE, end_processes
 from .base import SKIPPED, JobListener, JobOutcome, JobTask
 
@@ -260,14 +261,14 @@ def run_job_process(
             )
     duration = (ended_at or time.monotonic()) - start
     outcome = JobOutcome(
-        status="failed",
+        status=JobStatus.FAILED,
         exit_code=proc.returncode,
         duration=duration,
         output_tail=list(reader.tail),
         log_path=log_path,
     )
     if timed_out:
-        outcome.status = "timed-out"
+        outcome.status = JobStatus.TIMED_OUT
         outcome.error = f"timed out after {timeout_text} - the job process was killed"
         return outcome
     try:
@@ -280,7 +281,7 @@ def run_job_process(
         )
         return outcome
     if result.get("ok"):
-        outcome.status = "succeeded"
+        outcome.status = JobStatus.SUCCEEDED
         outcome.result = result.get("result")
     else:
         outcome.error = bound_text(mask_secrets(str(result.get("error") or "the job failed")))
@@ -323,7 +324,7 @@ class LocalExecutor:
         """Run the queued tasks in order and give back each outcome as it ends."""
         while self._queue:
             task = self._queue.popleft()
-            if any(self._status.get(k) != "succeeded" for k in task.after):
+            if any(self._status.get(k) != JobStatus.SUCCEEDED for k in task.after):
                 outcome = JobOutcome(status=SKIPPED)
             else:
                 listener.job_started(task.key)

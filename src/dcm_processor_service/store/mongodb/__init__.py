@@ -10,9 +10,11 @@ platform's documents beyond what the platform's own clean-up deletes.
 
 Modules: :mod:`.url` (URLs and the ``layout`` option), :mod:`.layout` (names, id and
 value conventions, indexes), :mod:`.grid` (GridFS files: checksums, in-place
-replacement), :mod:`.connection` (client, retries, errors), :mod:`.session_state`
-(sessions, jobs, data, files, peers), :mod:`.dicom_index` (instances and records),
-:mod:`.store` (``MongoStore``, migration plan). ``docs/storage.md`` documents the
+replacement), :mod:`.connection` (client, retries, errors), :mod:`.peers`,
+:mod:`.session_state` (sessions, jobs, data), :mod:`.session_files`,
+:mod:`.index_records` (reading instances and records), :mod:`.dicom_index` (filing
+instances, clean-up), :mod:`.garbage`, :mod:`.store` (``MongoStore``, migration plan);
+each part's class builds on the one before. ``docs/storage.md`` documents the
 layout field by field and where it deliberately differs from the platform.
 """
 

@@ -29,52 +29,39 @@ it (``dcmProcessorService.origin``), otherwise it stays, empty, as the platform 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
-import pymongo
 from bson import ObjectId
 
-from ..._errors import NotFoundError, PatientConflictError
-from ..blobs import BlobInfo
+from ..._errors import PatientConflictError
 from ..record_values import patient_identity
-from ..records import InstanceInput
-from ..slice_order import sort_instances
-from .grid import GridBucket, blob_key, recorded_checksum, unique_filename
-from .layout import EXTRA, ORIGIN, aware, id_values, iso, now, oid, plain
-from .session_state import SessionState, _extra
+from ..records import InstanceInput, InstanceRecord
+from .grid import NEWEST_FILE, unique_filename
+from .index_records import IndexRecords
+from .layout import (
+    EXTRA,
+    ORIGIN,
+    RECORD_CHILDREN,
+    RECORD_ORDER,
+    all_id_values,
+    aware,
+    extra_of,
+    id_values,
+    now,
+    plain,
+)
 
 __all__ = ["DicomIndex"]
 
 logger = logging.getLogger(__name__)
 
-_NEWEST_FILE = [("uploadDate", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
-_RECORD_ORDER = [("CreatedAt", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)]
-#: metadata keys of an instance file that are not header values
-_NOT_HEADER = (EXTRA, "PeerUID", "Slices")
-#: (collection, list of child ids, modality list in Metadata) per record level
-_LEVELS = {
-    "series": ("Instances", None),
-    "studies": ("Series", "ModalitiesInStudy"),
-    "patients": ("Studies", "ModalitiesInPatient"),
-}
 
-
-def _ids(values: Iterable[Any]) -> list[Any]:
-    """Record ids as stored (text) to the ``_id`` values to query (both forms)."""
-    out: list[Any] = []
-    for value in values:
-        out.extend(id_values(value))
-    return out
-
-
-class DicomIndex(SessionState):
-    """Instances and the series/study/patient records (part of ``MongoStore``)."""
-
-    dicom: GridBucket
+class DicomIndex(IndexRecords):
+    """Filing instances into the series/study/patient records, and removing what a
+    session filed (part of ``MongoStore``); reading is :class:`IndexRecords`'."""
 
     # ---------------------------------------------------------------- ingest
-    def put_instance(self, instance: InstanceInput, source: BinaryIO) -> dict[str, Any]:
+    def put_instance(self, instance: InstanceInput, source: BinaryIO) -> InstanceRecord:
         inp = instance
         header = plain(inp.header, "DICOM header values")
         header.update(
@@ -88,13 +75,13 @@ class DicomIndex(SessionState):
             selector["metadata.PeerUID"] = inp.peer_id
         previous = self.dicom.settle(
             self._run(
-                lambda db: list(db["dicomfiles.files"].find(selector).sort(_NEWEST_FILE).limit(1))
+                lambda db: list(db["dicomfiles.files"].find(selector).sort(NEWEST_FILE).limit(1))
             )
         )
         prev = previous[0] if previous else None
         self._refuse_other_patient(inp, prev["_id"] if prev else None)
         prev_meta = (prev or {}).get("metadata") or {}
-        prev_extra = _extra(prev_meta)
+        prev_extra = extra_of(prev_meta)
         # a re-ingest without a peer/session keeps the ones already recorded
         peer = inp.peer_id if inp.peer_id is not None else prev_meta.get("PeerUID")
         session = inp.session_id if inp.session_id is not None else prev_extra.get("sessionId")
@@ -200,7 +187,7 @@ class DicomIndex(SessionState):
     ) -> Any:
         """Upsert one record by the platform's key, adding ``child`` to its list (and the
         modality to its modality list); return the record ``_id``."""
-        children, modalities = _LEVELS[collection]
+        children, modalities = RECORD_CHILDREN[collection]
         stamp = now()
         meta = dict(metadata)
         if modalities and modality:
@@ -225,7 +212,7 @@ class DicomIndex(SessionState):
                 key,
                 {"$addToSet": added, "$set": changed},
                 projection={"_id": 1},
-                sort=_RECORD_ORDER,
+                sort=RECORD_ORDER,
             )
             if found is not None:
                 return found["_id"]
@@ -237,7 +224,7 @@ class DicomIndex(SessionState):
                 key,
                 {"$addToSet": added, "$set": changed},
                 projection={"_id": 1},
-                sort=_RECORD_ORDER,
+                sort=RECORD_ORDER,
             )["_id"]
 
         return self._converging(f"{collection} record {key}", work)
@@ -259,7 +246,7 @@ class DicomIndex(SessionState):
         self._prune(db, "series", touched)
 
     def _prune(self, db: Any, collection: str, ids: list[Any]) -> None:
-        children, _ = _LEVELS[collection]
+        children, _ = RECORD_CHILDREN[collection]
         empty = [
             d["_id"]
             for d in db[collection].find(
@@ -274,7 +261,7 @@ class DicomIndex(SessionState):
             )
         if parent is None:
             return
-        parent_children = _LEVELS[parent][0]
+        parent_children = RECORD_CHILDREN[parent][0]
         texts = [str(i) for i in ids]
         parents = [d["_id"] for d in db[parent].find({parent_children: {"$in": texts}}, {"_id": 1})]
         if empty:
@@ -293,32 +280,15 @@ class DicomIndex(SessionState):
         series_ids = list(doc.get("Series") or [])
         if collection == "patients":
             studies = db.studies.find(
-                {"_id": {"$in": _ids(doc.get("Studies") or [])}}, {"Series": 1}
+                {"_id": {"$in": all_id_values(doc.get("Studies") or [])}}, {"Series": 1}
             )
             series_ids = [s for study in studies for s in study.get("Series") or []]
-        found = db.series.distinct("Metadata.Modality", {"_id": {"$in": _ids(series_ids)}})
-        field = _LEVELS[collection][1]
+        found = db.series.distinct("Metadata.Modality", {"_id": {"$in": all_id_values(series_ids)}})
+        field = RECORD_CHILDREN[collection][1]
         db[collection].update_one(
             {"_id": record_id},
             {"$set": {f"Metadata.{field}": sorted(m for m in found if isinstance(m, str) and m)}},
         )
-
-    def _platform_patient(self, db: Any, session_id: str) -> Any:
-        """The patient ``_id`` of a session the platform opened (``None`` for a session
-        of this package, or one without a patient)."""
-        session = db.sessions.find_one({"_id": {"$in": id_values(session_id)}})
-        if session is None or _extra(session).get("origin") == ORIGIN:
-            return None
-        return session.get("patient_id")
-
-    def _patient_tree(self, db: Any, patient_id: Any) -> tuple[list[Any], list[Any], list[Any]]:
-        """(study ids, series ids, instance file ids) of a patient record."""
-        patient = db.patients.find_one({"_id": {"$in": id_values(patient_id)}}) or {}
-        studies = list(db.studies.find({"_id": {"$in": _ids(patient.get("Studies") or [])}}))
-        series_ids = [s for st in studies for s in st.get("Series") or []]
-        series = list(db.series.find({"_id": {"$in": _ids(series_ids)}}))
-        files = [oid(str(i)) for s in series for i in s.get("Instances") or []]
-        return [st["_id"] for st in studies], [s["_id"] for s in series], files
 
     def delete_session_instances(self, session_id: str) -> int:
         def work(db: Any) -> int:
@@ -345,260 +315,3 @@ class DicomIndex(SessionState):
         count = self._run(work)
         logger.debug("%s: removed %d instance(s) of session %s", self.describe(), count, session_id)
         return count
-
-    # ------------------------------------------------------------- instances
-    def _instance(self, doc: dict[str, Any], series_id: str | None) -> dict[str, Any]:
-        meta = doc.get("metadata") or {}
-        extra = _extra(meta)
-        sha256 = recorded_checksum(doc, f"DICOM instance {meta.get('SOPInstanceUID')}")
-        instance_meta = extra.get("instance")
-        if not isinstance(instance_meta, dict):  # a file the platform wrote
-            instance_meta = {k: v for k, v in meta.items() if k not in _NOT_HEADER}
-        uploaded = doc.get("uploadDate")
-        return {
-            "_id": str(doc["_id"]),
-            "SOPInstanceUID": meta.get("SOPInstanceUID"),
-            "SOPClassUID": meta.get("SOPClassUID"),
-            "SeriesInstanceUID": meta.get("SeriesInstanceUID"),
-            "SeriesUID": series_id,
-            "TransferSyntaxUID": extra.get("transferSyntaxUID"),
-            "Metadata": dict(instance_meta),
-            "Size": int(doc.get("length") or 0),
-            "SHA256": sha256,
-            "BlobKey": blob_key(doc),
-            "PeerUID": meta.get("PeerUID"),
-            "SessionUID": extra.get("sessionId"),
-            "CreatedAt": iso(extra.get("createdAt") or uploaded),
-            "UpdatedAt": iso(uploaded),
-        }
-
-    def _instances(self, db: Any, ids: list[Any], series_id: str) -> list[dict[str, Any]]:
-        """The instance records of the listed file ids that exist, in slice order (the
-        stored list keeps the platform's filing order; see :mod:`..slice_order`)."""
-        docs = self.dicom.settle(db["dicomfiles.files"].find({"_id": {"$in": _ids(ids)}}))
-        return sort_instances([self._instance(d, series_id) for d in docs])
-
-    def get_instance(self, instance_id: str) -> dict[str, Any]:
-        def work(db: Any) -> dict[str, Any] | None:
-            docs = list(
-                db["dicomfiles.files"]
-                .find(
-                    {
-                        "$or": [
-                            {"_id": {"$in": id_values(instance_id)}},
-                            {"metadata.SOPInstanceUID": instance_id},
-                        ]
-                    }
-                )
-                .sort(_NEWEST_FILE)
-                .limit(1)
-            )
-            docs = self.dicom.settle(docs)
-            if not docs:
-                return None
-            series = db.series.find_one({"Instances": str(docs[0]["_id"])}, {"_id": 1})
-            return self._instance(docs[0], str(series["_id"]) if series else None)
-
-        record = self._run(work)
-        if record is None:
-            raise NotFoundError(f"instance {instance_id!r} not found in {self.describe()}")
-        return record
-
-    def list_instances(self, series_id: str) -> list[dict[str, Any]]:
-        def work(db: Any) -> list[dict[str, Any]] | None:
-            series = self._find_record(db, "series", "SeriesInstanceUID", series_id)
-            if series is None:
-                return None
-            return self._instances(db, list(series.get("Instances") or []), str(series["_id"]))
-
-        records = self._run(work)
-        if records is None:
-            raise NotFoundError(f"series {series_id!r} not found in {self.describe()}")
-        return records
-
-    def open_instance(self, instance: dict[str, Any]) -> BinaryIO:
-        return self.dicom.open(
-            BlobInfo(str(instance["BlobKey"]), int(instance["Size"]), instance.get("SHA256") or ""),
-            f"DICOM instance {instance['SOPInstanceUID']}",
-        )
-
-    # --------------------------------------------------------------- records
-    @staticmethod
-    def _find_record(db: Any, collection: str, uid_field: str, key: str) -> dict[str, Any] | None:
-        docs = list(
-            db[collection]
-            .find({"$or": [{"_id": {"$in": id_values(key)}}, {uid_field: key}]})
-            .sort(_RECORD_ORDER)
-            .limit(1)
-        )
-        return docs[0] if docs else None
-
-    def _existing(self, db: Any, collection: str, ids: list[Any]) -> list[str]:
-        """The listed record ids (text) whose records exist, in list order."""
-        found = {
-            str(d["_id"]) for d in db[collection].find({"_id": {"$in": _ids(ids)}}, {"_id": 1})
-        }
-        return [str(i) for i in dict.fromkeys(ids) if str(i) in found]
-
-    def _series_record(self, db: Any, doc: dict[str, Any]) -> dict[str, Any]:
-        instances = self._instances(db, list(doc.get("Instances") or []), str(doc["_id"]))
-        return {
-            "_id": str(doc["_id"]),
-            "PatientUID": doc.get("PatientUID"),
-            "StudyInstanceUID": doc.get("StudyInstanceUID"),
-            "SeriesInstanceUID": doc.get("SeriesInstanceUID"),
-            "PeerUID": doc.get("PeerUID"),
-            "Instances": [r["_id"] for r in instances],
-            "Metadata": dict(doc.get("Metadata") or {}),
-            "CreatedAt": iso(doc.get("CreatedAt")),
-            "UpdatedAt": iso(doc.get("UpdatedAt")),
-        }
-
-    @staticmethod
-    def _with_modalities(doc: dict[str, Any], field: str) -> dict[str, Any]:
-        meta = dict(doc.get("Metadata") or {})
-        meta[field] = [m for m in meta.get(field) or [] if isinstance(m, str) and m]
-        return meta
-
-    def _study_record(self, db: Any, doc: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "_id": str(doc["_id"]),
-            "PatientUID": doc.get("PatientUID"),
-            "StudyInstanceUID": doc.get("StudyInstanceUID"),
-            "PeerUID": doc.get("PeerUID"),
-            "Series": self._existing(db, "series", list(doc.get("Series") or [])),
-            "Metadata": self._with_modalities(doc, "ModalitiesInStudy"),
-            "CreatedAt": iso(doc.get("CreatedAt")),
-            "UpdatedAt": iso(doc.get("UpdatedAt")),
-        }
-
-    def _patient_record(self, db: Any, doc: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "_id": str(doc["_id"]),
-            "PatientUID": doc.get("PatientUID"),
-            "PeerUID": doc.get("PeerUID"),
-            "Studies": self._existing(db, "studies", list(doc.get("Studies") or [])),
-            "Metadata": self._with_modalities(doc, "ModalitiesInPatient"),
-            "CreatedAt": iso(doc.get("CreatedAt")),
-            "UpdatedAt": iso(doc.get("UpdatedAt")),
-        }
-
-    def _get_record(
-        self,
-        kind: str,
-        collection: str,
-        uid_field: str,
-        key: str,
-        build: Callable[[Any, dict[str, Any]], dict[str, Any]],
-    ) -> dict[str, Any]:
-        def work(db: Any) -> dict[str, Any] | None:
-            doc = self._find_record(db, collection, uid_field, key)
-            return None if doc is None else build(db, doc)
-
-        record = self._run(work)
-        if record is None:
-            raise NotFoundError(f"{kind} {key!r} not found in {self.describe()}")
-        return record
-
-    def get_series(self, series_id: str) -> dict[str, Any]:
-        return self._get_record(
-            "series", "series", "SeriesInstanceUID", series_id, self._series_record
-        )
-
-    def get_study(self, study_id: str) -> dict[str, Any]:
-        return self._get_record(
-            "study", "studies", "StudyInstanceUID", study_id, self._study_record
-        )
-
-    def get_patient(self, patient_id: str) -> dict[str, Any]:
-        return self._get_record(
-            "patient", "patients", "PatientUID", patient_id, self._patient_record
-        )
-
-    # -------------------------------------------------------------- listings
-    def _children(self, db: Any, collection: str, selector: dict[str, Any]) -> list[Any]:
-        children = _LEVELS[collection][0]
-        return [
-            c for d in db[collection].find(selector, {children: 1}) for c in d.get(children) or []
-        ]
-
-    def _session_series(self, db: Any, session_id: str) -> list[Any]:
-        """Ids (text) of the series holding instances the session's ingest filed, and —
-        for a session the platform opened — of its patient's series."""
-        files = [
-            str(d["_id"])
-            for d in db["dicomfiles.files"].find(
-                {f"metadata.{EXTRA}.sessionId": session_id}, {"_id": 1}
-            )
-        ]
-        found = [str(d["_id"]) for d in db.series.find({"Instances": {"$in": files}}, {"_id": 1})]
-        patient = self._platform_patient(db, session_id)
-        if patient is not None:
-            found.extend(str(s) for s in self._patient_tree(db, patient)[1])
-        return found
-
-    def _series_ids(
-        self, db: Any, study_id: str | None, patient_id: str | None, session_id: str | None
-    ) -> set[str] | None:
-        """Ids of the series passing every given filter (``None``: no filter given)."""
-        sets: list[set[str]] = []
-        if study_id is not None:
-            by = {"$or": [{"_id": {"$in": id_values(study_id)}}, {"StudyInstanceUID": study_id}]}
-            sets.append({str(s) for s in self._children(db, "studies", by)})
-        if patient_id is not None:
-            by = {"$or": [{"_id": {"$in": id_values(patient_id)}}, {"PatientUID": patient_id}]}
-            studies = self._children(db, "patients", by)
-            sets.append(
-                {str(s) for s in self._children(db, "studies", {"_id": {"$in": _ids(studies)}})}
-            )
-        if session_id is not None:
-            sets.append(set(self._session_series(db, session_id)))
-        return set.intersection(*sets) if sets else None
-
-    def _list(
-        self,
-        collection: str,
-        selector: Callable[[Any], dict[str, Any] | None],
-        build: Callable[[Any, dict[str, Any]], dict[str, Any]],
-    ) -> list[dict[str, Any]]:
-        def work(db: Any) -> list[dict[str, Any]]:
-            query = selector(db)
-            if query is None:
-                return []
-            return [build(db, d) for d in db[collection].find(query).sort(_RECORD_ORDER)]
-
-        return self._run(work)
-
-    def list_series(
-        self,
-        *,
-        study_id: str | None = None,
-        patient_id: str | None = None,
-        session_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        def selector(db: Any) -> dict[str, Any] | None:
-            ids = self._series_ids(db, study_id, patient_id, session_id)
-            return {} if ids is None else {"_id": {"$in": _ids(ids)}}
-
-        return self._list("series", selector, self._series_record)
-
-    def list_studies(
-        self, *, patient_id: str | None = None, session_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        def selector(db: Any) -> dict[str, Any] | None:
-            ids = self._series_ids(db, None, patient_id, session_id)
-            return {} if ids is None else {"Series": {"$in": sorted(ids)}}
-
-        return self._list("studies", selector, self._study_record)
-
-    def list_patients(self, *, session_id: str | None = None) -> list[dict[str, Any]]:
-        def selector(db: Any) -> dict[str, Any] | None:
-            ids = self._series_ids(db, None, None, session_id)
-            if ids is None:
-                return {}
-            studies = [
-                str(d["_id"]) for d in db.studies.find({"Series": {"$in": sorted(ids)}}, {"_id": 1})
-            ]
-            return {"Studies": {"$in": studies}}
-
-        return self._list("patients", selector, self._patient_record)

@@ -36,13 +36,13 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Final
 
 import bson
 from bson import Int64, ObjectId
 
-from ..._errors import IntegrityError, NotFoundError, StorageError
+from ..._errors import IntegrityError, NotFoundError
 from ..base import CHUNK_SIZE
 from ..blobs import BlobInfo, BlobStore, VerifyingReader, copy_stream
 from .connection import MongoConnection
@@ -50,9 +50,11 @@ from .layout import EXTRA, aware, now, oid
 
 __all__ = [
     "GRIDFS_CHUNK_SIZE",
+    "NEWEST_FILE",
     "SWAP_STALE_S",
     "GridBucket",
     "blob_key",
+    "file_id_of",
     "recorded_checksum",
     "unique_filename",
 ]
@@ -65,6 +67,8 @@ GRIDFS_CHUNK_SIZE: Final = 255 * 1024
 _BATCH: Final = 16
 #: A replacement journal older than this is taken to be left by a writer that died.
 SWAP_STALE_S: Final = 30.0
+#: Sort order of a query for files: newest version first (a replace keeps the ``_id``).
+NEWEST_FILE: Final = [("uploadDate", -1), ("_id", -1)]
 _SWAP: Final = f"metadata.{EXTRA}.swap"
 
 
@@ -83,6 +87,11 @@ def blob_key(doc: dict[str, Any]) -> str:
 def _split_key(key: str) -> tuple[Any, str | None]:
     file_id, at, version = key.partition("@")
     return oid(file_id), (version if at else None)
+
+
+def file_id_of(key: str) -> Any:
+    """The ``_id`` of the file a :func:`blob_key` names."""
+    return _split_key(key)[0]
 
 
 def recorded_checksum(doc: dict[str, Any], what: str) -> str:
@@ -290,7 +299,7 @@ class GridBucket(BlobStore):
         except BaseException:
             self._drop_chunks(chunk_id)
             raise
-        stamp = now()
+        stamp = now() if replace is None else self._after_current(replace)
         doc: dict[str, Any] = {
             "_id": replace if replace is not None else chunk_id,
             "filename": filename,
@@ -321,6 +330,20 @@ class GridBucket(BlobStore):
             source, filename=unique_filename(), content_type=None, metadata={}, extra={}
         )
         return BlobInfo(blob_key(doc), int(doc["length"]), doc["metadata"][EXTRA]["sha256"])
+
+    def _after_current(self, file_id: Any) -> datetime:
+        """The upload date of a new version of ``file_id``: now, but at least a
+        millisecond after the version it replaces - a version's identity is its upload
+        date (:func:`blob_key`), so two versions written within one millisecond must
+        not share it (a reader of the old record would get the new bytes)."""
+        stamp = now()
+        current = self.conn._run(
+            lambda db: db[f"{self.name}.files"].find_one({"_id": file_id}, {"uploadDate": 1})
+        )
+        previous = aware((current or {}).get("uploadDate"))
+        if previous is not None and stamp <= previous:
+            stamp = previous + timedelta(milliseconds=1)
+        return stamp
 
     def _drop_chunks(self, chunk_id: ObjectId) -> None:
         try:
@@ -469,28 +492,5 @@ class GridBucket(BlobStore):
         def work(db: Any) -> None:
             db[f"{self.name}.files"].delete_many({"_id": {"$in": wanted}})
             db[f"{self.name}.chunks"].delete_many({"files_id": {"$in": wanted}})
-
-        self.conn._run(work)
-
-    def overwrite_for_test(self, key: str, content: bytes) -> None:
-        """Replace a file's stored chunks behind the store's back, keeping its file
-        document (simulates damaged storage in tests)."""
-        file_id = _split_key(key)[0]
-
-        def work(db: Any) -> None:
-            doc = db[f"{self.name}.files"].find_one({"_id": file_id})
-            if doc is None:
-                raise StorageError(f"GridFS file {file_id} not found in bucket {self.name!r}")
-            size = int(doc.get("chunkSize") or GRIDFS_CHUNK_SIZE)
-            chunks = db[f"{self.name}.chunks"]
-            chunks.delete_many({"files_id": file_id})
-            for n, start in enumerate(range(0, len(content), size)):
-                chunks.insert_one(
-                    {
-                        "files_id": file_id,
-                        "n": n,
-                        "data": bson.Binary(content[start : start + size]),
-                    }
-                )
 
         self.conn._run(work)

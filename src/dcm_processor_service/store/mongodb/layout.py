@@ -19,6 +19,7 @@ they are dropped. Nothing else is ever dropped, and no document is changed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -34,9 +35,14 @@ __all__ = [
     "COLLECTIONS",
     "EXTRA",
     "ORIGIN",
+    "RECORD_CHILDREN",
+    "RECORD_ORDER",
     "SCHEMA_VERSION",
     "IndexSpec",
+    "all_id_values",
+    "extra_of",
     "index_plan",
+    "stored",
 ]
 
 #: The platform's collections (SPEC §3).
@@ -50,7 +56,29 @@ EXTRA: Final = "dcmProcessorService"
 #: ``EXTRA.origin`` of the documents this package created.
 ORIGIN: Final = "dcm-processor-service"
 
+#: record collection -> (its list of child ids, its modality list in ``Metadata``)
+RECORD_CHILDREN: Final[dict[str, tuple[str, str | None]]] = {
+    "series": ("Instances", None),
+    "studies": ("Series", "ModalitiesInStudy"),
+    "patients": ("Studies", "ModalitiesInPatient"),
+}
+#: the order records are listed (and the first of duplicates found) in
+RECORD_ORDER: Final = [("CreatedAt", 1), ("_id", 1)]
+
 _INT64: Final = (-(2**63), 2**63 - 1)
+
+
+def stored(doc: dict[str, Any], key: str) -> Any:
+    """``doc[key]`` as stored, ``None`` when the document lacks it (a document another
+    component wrote may lack what this package's records promise)."""
+    return doc.get(key)
+
+
+def extra_of(doc: dict[str, Any] | None) -> dict[str, Any]:
+    """The :data:`EXTRA` sub-document of ``doc`` (``{}`` when it has none, as the
+    documents the platform wrote)."""
+    value = (doc or {}).get(EXTRA)
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------ ids
@@ -69,6 +97,14 @@ def id_values(value: Any) -> list[Any]:
     if len(text) == 24 and ObjectId.is_valid(text):
         values.append(ObjectId(text))
     return values
+
+
+def all_id_values(values: Iterable[Any]) -> list[Any]:
+    """:func:`id_values` of each of ``values`` (record ids listed as text), to query."""
+    out: list[Any] = []
+    for value in values:
+        out.extend(id_values(value))
+    return out
 
 
 # ----------------------------------------------------------------------- time

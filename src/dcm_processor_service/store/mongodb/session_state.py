@@ -1,4 +1,5 @@
-"""Sessions, jobs, session data, session files and peers in the platform's documents.
+"""Sessions, jobs and session data in the platform's documents (session files:
+:mod:`.session_files`; peers: :mod:`.peers`).
 
 Field by field (``docs/storage.md`` has the table):
 
@@ -9,12 +10,7 @@ Field by field (``docs/storage.md`` has the table):
   the fields the platform's worker reads; a job this package creates carries none of
   the queue fields (``item_type``, ``channel``, ``done``…), so the platform's queue never
   picks it up, and this package never writes the queue fields of the platform's jobs;
-* ``sessiondata``: ``session_id`` and ``job_id`` (ObjectIds), ``name``, ``value``;
-* ``sessionfiles`` (GridFS): ``metadata`` = the caller's ``meta`` flat, plus ``name``,
-  ``session_id``, ``job_id`` (ObjectIds); ``contentType`` on the file; the file name is a
-  random ``<uuid><ext>``; the file id returned is the GridFS ``_id``, kept by a replace;
-* ``peers``: ``_id``, ``name``, ``aet``, ``host``, ``port``, ``tls``, ``whitelist_aet``,
-  ``whitelist_ip`` (and ``cert_file``, ``key_file``, ``ca_file`` when set).
+* ``sessiondata``: ``session_id`` and ``job_id`` (ObjectIds), ``name``, ``value``.
 
 Status, progress and error of a job, status and meta of a session, a session value's
 owner job name (so another job finds it by name even without a ``jobs`` document) live in
@@ -28,37 +24,44 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 import pymongo
 from bson import ObjectId
 
-from ..._errors import ConflictError, InvalidInputError, NotFoundError, StorageError
+from ..._errors import ConflictError, InvalidInputError, NotFoundError
 from ..._validation import validate_id
 from ..base import JobRef
-from ..blobs import BlobInfo
-from ..records import FileRecord, JobRecord, Peer, SessionRecord, utcnow
-from .connection import MongoConnection
-from .grid import GridBucket, blob_key, recorded_checksum, unique_filename
+from ..records import (
+    DataRecord,
+    JobRecord,
+    JobStatus,
+    SessionRecord,
+    SessionStatus,
+    job_changes,
+    utcnow,
+)
 from .layout import (
     EXTRA,
     ORIGIN,
     aware,
     bson_problem,
     dump_json,
+    extra_of,
     id_values,
     now,
     oid,
     plain,
     to_bson_time,
 )
+from .peers import PeerDocuments
 
 __all__ = ["SessionState"]
 
 logger = logging.getLogger(__name__)
 
-#: JobRecord field -> where update_job writes it
-_JOB_FIELDS = {
+#: JobRecord field (:data:`JOB_FIELDS`) -> where update_job writes it
+_JOB_DOCUMENT_FIELDS = {
     "status": f"{EXTRA}.status",
     "progress": f"{EXTRA}.progress",
     "error": f"{EXTRA}.error",
@@ -69,30 +72,19 @@ _JOB_FIELDS = {
     "owner": f"{EXTRA}.owner",
     "heartbeat_at": f"{EXTRA}.heartbeatAt",
 }
-_NEWEST_FILE = [("uploadDate", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 _SESSION_ORDER = [(f"{EXTRA}.createdAt", 1), (f"{EXTRA}.seq", 1), ("_id", 1)]
 _JOB_ORDER = [("createdAt", 1), (f"{EXTRA}.seq", 1), ("_id", 1)]
-#: metadata keys of a session file that are not the caller's ``meta``
-_FILE_KEYS = ("name", "session_id", "job_id", EXTRA)
-_PEER_OPTIONAL = ("cert_file", "key_file", "ca_file")
 
 
-def _extra(doc: dict[str, Any] | None) -> dict[str, Any]:
-    value = (doc or {}).get(EXTRA)
-    return value if isinstance(value, dict) else {}
-
-
-def _platform_status(doc: dict[str, Any]) -> str:
+def _platform_status(doc: dict[str, Any]) -> JobStatus:
     """A platform queue job's state in this package's words."""
     if doc.get("done"):
-        return "failed" if doc.get("error") else "succeeded"
-    return "running" if doc.get("inProgress") else "pending"
+        return JobStatus.FAILED if doc.get("error") else JobStatus.SUCCEEDED
+    return JobStatus.RUNNING if doc.get("inProgress") else JobStatus.PENDING
 
 
-class SessionState(MongoConnection):
-    """Sessions, jobs, session data and files, and peers (part of ``MongoStore``)."""
-
-    files: GridBucket
+class SessionState(PeerDocuments):
+    """Sessions, jobs and session data (part of ``MongoStore``)."""
 
     # --------------------------------------------------------------- helpers
     def _modify(
@@ -113,7 +105,7 @@ class SessionState(MongoConnection):
                 if doc is None:
                     raise NotFoundError(f"{missing} not found in {self.describe()}")
                 result = db[collection].update_one(
-                    {"_id": doc["_id"], rev: _extra(doc).get("rev")},
+                    {"_id": doc["_id"], rev: extra_of(doc).get("rev")},
                     {"$set": change(doc), "$inc": {rev: 1}},
                 )
                 if result.matched_count:
@@ -174,7 +166,7 @@ class SessionState(MongoConnection):
 
     # --------------------------------------------------------------- sessions
     def _session(self, doc: dict[str, Any]) -> SessionRecord:
-        extra = _extra(doc)
+        extra = extra_of(doc)
         born = doc["_id"].generation_time if isinstance(doc["_id"], ObjectId) else None
         created = aware(extra.get("createdAt")) or born or utcnow()
         peer = doc.get("peer_id")
@@ -182,7 +174,7 @@ class SessionState(MongoConnection):
             id=str(doc["_id"]),
             peer_id=None if peer is None else str(peer),
             patient_uid=extra.get("patientUid"),
-            status=extra.get("status") or "open",
+            status=SessionStatus(extra.get("status") or SessionStatus.OPEN),
             meta=dict(extra.get("meta") or {}),
             created_at=created,
             updated_at=aware(extra.get("updatedAt")) or created,
@@ -211,7 +203,7 @@ class SessionState(MongoConnection):
             "peer_id": peer_id,
             EXTRA: {
                 "origin": ORIGIN,
-                "status": "open",
+                "status": SessionStatus.OPEN.value,
                 "meta": plain(meta or {}, "session meta"),
                 "patientUid": patient_uid,
                 "createdAt": stamp,
@@ -230,7 +222,7 @@ class SessionState(MongoConnection):
     def get_session(self, session_id: str) -> SessionRecord:
         doc = self._find_session(session_id)
         if doc is None:
-            raise NotFoundError(f"session {session_id!r} not found in {self.describe()}")
+            raise self._not_found("session", session_id)
         return self._session(doc)
 
     def list_sessions(self) -> list[SessionRecord]:
@@ -241,18 +233,19 @@ class SessionState(MongoConnection):
         self,
         session_id: str,
         *,
-        status: str | None = None,
+        status: SessionStatus | str | None = None,
         meta: dict[str, Any] | None = None,
         owner: str | None = None,
         heartbeat_at: datetime | None = None,
     ) -> SessionRecord:
+        new_status = SessionStatus(status).value if status else None
         added = plain(meta or {}, "session meta")
         beat = to_bson_time(heartbeat_at, "heartbeat_at")
 
         def change(doc: dict[str, Any]) -> dict[str, Any]:
-            extra = _extra(doc)
+            extra = extra_of(doc)
             return {
-                f"{EXTRA}.status": status or extra.get("status") or "open",
+                f"{EXTRA}.status": new_status or extra.get("status") or SessionStatus.OPEN.value,
                 f"{EXTRA}.meta": {**(extra.get("meta") or {}), **added},
                 f"{EXTRA}.owner": owner or extra.get("owner"),
                 f"{EXTRA}.heartbeatAt": beat or extra.get("heartbeatAt"),
@@ -282,7 +275,7 @@ class SessionState(MongoConnection):
     # ------------------------------------------------------------------- jobs
     @staticmethod
     def _job(doc: dict[str, Any]) -> JobRecord:
-        extra = _extra(doc)
+        extra = extra_of(doc)
         born = doc["_id"].generation_time if isinstance(doc["_id"], ObjectId) else None
         created = aware(doc.get("createdAt")) or born or utcnow()
         kwargs = ((doc.get("data") or {}).get("kwargs")) or {}
@@ -332,7 +325,7 @@ class SessionState(MongoConnection):
             "updatedAt": stamp,
             EXTRA: {
                 "origin": ORIGIN,
-                "status": "pending",
+                "status": JobStatus.PENDING.value,
                 "progress": {},
                 "error": None,
                 "startedAt": None,
@@ -348,7 +341,7 @@ class SessionState(MongoConnection):
     def get_job(self, job_id: str) -> JobRecord:
         doc = self._run(lambda db: db.jobs.find_one({"_id": {"$in": id_values(job_id)}}))
         if doc is None:
-            raise NotFoundError(f"job {job_id!r} not found in {self.describe()}")
+            raise self._not_found("job", job_id)
         return self._job(doc)
 
     def find_job(self, session_id: str, name: str, event: str | None = None) -> JobRecord | None:
@@ -368,14 +361,11 @@ class SessionState(MongoConnection):
         return [self._job(d) for d in docs]
 
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
-        unknown = set(changes) - set(_JOB_FIELDS)
-        if unknown:
-            raise StorageError(
-                f"cannot update job field(s) {sorted(unknown)}; allowed: {tuple(_JOB_FIELDS)}"
-            )
         values: dict[str, Any] = {}
-        for key, value in changes.items():
-            if key in ("progress", "params"):
+        for key, value in job_changes(changes).items():
+            if isinstance(value, JobStatus):
+                values[key] = value.value
+            elif key in ("progress", "params"):
                 values[key] = plain(value or {}, f"job {key}")
             elif key in ("started_at", "finished_at", "heartbeat_at"):
                 values[key] = to_bson_time(value, key)
@@ -386,8 +376,8 @@ class SessionState(MongoConnection):
             out: dict[str, Any] = {f"{EXTRA}.updatedAt": now()}
             for key, value in values.items():
                 if key == "progress":
-                    value = {**(_extra(doc).get("progress") or {}), **value}
-                out[_JOB_FIELDS[key]] = value
+                    value = {**(extra_of(doc).get("progress") or {}), **value}
+                out[_JOB_DOCUMENT_FIELDS[key]] = value
             return out
 
         doc = self._modify("jobs", {"_id": {"$in": id_values(job_id)}}, change, f"job {job_id!r}")
@@ -430,7 +420,7 @@ class SessionState(MongoConnection):
 
     @staticmethod
     def _value_json(doc: dict[str, Any]) -> str:
-        text = _extra(doc).get("valueJson")
+        text = extra_of(doc).get("valueJson")
         return text if isinstance(text, str) else dump_json(doc.get("value"))
 
     def _newest_data(self, selector: dict[str, Any]) -> list[dict[str, Any]]:
@@ -452,26 +442,26 @@ class SessionState(MongoConnection):
             lambda db: db.sessiondata.delete_many({**selector, "name": name}).deleted_count > 0
         )
 
-    def list_data(self, session_id: str) -> list[dict[str, Any]]:
-        def work(db: Any) -> list[dict[str, Any]]:
+    def list_data(self, session_id: str) -> list[DataRecord]:
+        def work(db: Any) -> list[DataRecord]:
             docs = list(db.sessiondata.find({"session_id": {"$in": id_values(session_id)}}))
             names = self._job_names(
-                db, {d.get("job_id") for d in docs if not _extra(d).get("jobName")}
+                db, {d.get("job_id") for d in docs if not extra_of(d).get("jobName")}
             )
             rows = []
             for d in docs:
-                extra = _extra(d)
+                extra = extra_of(d)
                 job = (extra.get("jobName"), extra.get("event"))
                 if job[0] is None:
                     job = names.get(str(d.get("job_id")), (None, None))
                 rows.append(
-                    {
-                        "job_id": str(d.get("job_id")),
-                        "job_name": job[0],
-                        "event": job[1],
-                        "name": d.get("name"),
-                        "value_json": self._value_json(d),
-                    }
+                    DataRecord(
+                        job_id=str(d.get("job_id")),
+                        job_name=job[0],
+                        event=job[1],
+                        name=d.get("name"),
+                        value_json=self._value_json(d),
+                    )
                 )
             rows.sort(key=lambda r: (r["job_name"] or "", r["name"] or ""))
             return rows
@@ -485,180 +475,4 @@ class SessionState(MongoConnection):
                     {"session_id": {"$in": id_values(session_id)}}
                 ).deleted_count
             )
-        )
-
-    # ---------------------------------------------------------- session files
-    def _file(self, doc: dict[str, Any], job: tuple[Any, Any] | None = None) -> FileRecord:
-        meta = doc.get("metadata") or {}
-        extra = _extra(meta)
-        if job is None:
-            job = (extra.get("jobName"), extra.get("event"))
-            if job[0] is None and "jobName" not in extra:  # a file the platform wrote
-                job = self._run(lambda db: self._job_names(db, {meta.get("job_id")})).get(
-                    str(meta.get("job_id")), (None, None)
-                )
-        sha256 = recorded_checksum(doc, f"session file {meta.get('name')!r}")
-        updated = aware(doc.get("uploadDate")) or utcnow()
-        return FileRecord(
-            id=str(doc["_id"]),
-            session_id=str(meta.get("session_id")),
-            job_id=str(meta.get("job_id")),
-            job_name=job[0],
-            event=job[1],
-            name=str(meta.get("name") or ""),
-            size=int(doc.get("length") or 0),
-            sha256=sha256,
-            content_type=doc.get("contentType") or "application/octet-stream",
-            meta={k: v for k, v in meta.items() if k not in _FILE_KEYS},
-            blob_key=blob_key(doc),
-            created_at=aware(extra.get("createdAt")) or updated,
-            updated_at=updated,
-        )
-
-    def _find_files(self, selector: dict[str, Any], limit: int = 0) -> list[dict[str, Any]]:
-        """The matching session file documents, newest first."""
-        return self.files.settle(
-            self._run(
-                lambda db: list(
-                    db["sessionfiles.files"].find(selector).sort(_NEWEST_FILE).limit(limit)
-                )
-            )
-        )
-
-    def put_file(
-        self,
-        owner: JobRef,
-        name: str,
-        source: BinaryIO,
-        *,
-        content_type: str,
-        meta: dict[str, Any] | None = None,
-    ) -> FileRecord:
-        job_id = self._require_job_id(owner, f"session file {name!r}")
-        user = plain(meta or {}, f"meta of session file {name!r}")
-        owner_ids = {"session_id": oid(owner.session_id), "job_id": oid(job_id)}
-        previous = self._find_files(
-            {
-                "metadata.session_id": {"$in": id_values(owner.session_id)},
-                "metadata.job_id": {"$in": id_values(job_id)},
-                "metadata.name": name,
-            },
-            limit=1,
-        )
-        prev = previous[0] if previous else None
-        ext = user.get("ext") if isinstance(user.get("ext"), str) else ""
-        doc = self.files.upload(
-            source,
-            filename=unique_filename(ext),
-            content_type=content_type,
-            metadata={**user, "name": name, **owner_ids},
-            extra={
-                "jobName": owner.job_name,
-                "event": owner.event,
-                "createdAt": aware(_extra((prev or {}).get("metadata")).get("createdAt")) or now(),
-            },
-            replace=prev["_id"] if prev else None,
-        )
-        logger.debug(
-            "%s: stored session file %r as GridFS file %s", self.describe(), name, doc["_id"]
-        )
-        return self._file(doc, (owner.job_name, owner.event))
-
-    def get_file(self, ref: JobRef, name: str) -> FileRecord | None:
-        selector = self._owner_selector(ref, "metadata.")
-        if selector is None:
-            return None
-        docs = self._find_files({**selector, "metadata.name": name}, limit=1)
-        return self._file(docs[0]) if docs else None
-
-    def open_file(self, record: FileRecord) -> BinaryIO:
-        return self.files.open(
-            BlobInfo(record.blob_key, record.size, record.sha256),
-            f"session file {record.name!r} of session {record.session_id!r}",
-        )
-
-    def remove_file(self, ref: JobRef, name: str) -> bool:
-        selector = self._owner_selector(ref, "metadata.")
-        if selector is None:
-            return False
-        found = self._find_files({**selector, "metadata.name": name})
-        self.files.delete_ids(d["_id"] for d in found)
-        return bool(found)
-
-    def _session_files(self, session_id: str) -> list[dict[str, Any]]:
-        return self._find_files({"metadata.session_id": {"$in": id_values(session_id)}})
-
-    def list_files(self, session_id: str) -> list[FileRecord]:
-        newest: dict[tuple[str, Any], dict[str, Any]] = {}
-        for doc in self._session_files(session_id):
-            meta = doc.get("metadata") or {}
-            newest.setdefault((str(meta.get("job_id")), meta.get("name")), doc)
-        records = [self._file(d) for d in newest.values()]
-        records.sort(key=lambda r: (r.job_name is not None, r.job_name or "", r.name))
-        return records
-
-    def delete_session_files(self, session_id: str) -> int:
-        found = self._session_files(session_id)
-        files = {
-            (str((d.get("metadata") or {}).get("job_id")), (d.get("metadata") or {}).get("name"))
-            for d in found
-        }
-        self.files.delete_ids(d["_id"] for d in found)
-        return len(files)
-
-    # ------------------------------------------------------------------ peers
-    @staticmethod
-    def _peer(doc: dict[str, Any]) -> Peer:
-        return Peer.from_dict({**doc, "_id": str(doc["_id"])})
-
-    @staticmethod
-    def _peer_selector(name_or_id: str) -> dict[str, Any]:
-        return {"$or": [{"name": name_or_id}, {"_id": {"$in": id_values(name_or_id)}}]}
-
-    def put_peer(self, peer: Peer) -> Peer:
-        data = plain(peer.to_dict(), f"peer {peer.name!r}")
-        data.pop("_id", None)
-        unset = {k: "" for k in _PEER_OPTIONAL if data.get(k) is None}
-        for key in unset:
-            data.pop(key, None)
-        stamp = now()
-        update: dict[str, Any] = {
-            "$set": {**data, f"{EXTRA}.updatedAt": stamp},
-            "$setOnInsert": {
-                "_id": oid(peer.id) if peer.id else ObjectId(),
-                f"{EXTRA}.origin": ORIGIN,
-                f"{EXTRA}.createdAt": stamp,
-            },
-        }
-        if unset:
-            update["$unset"] = unset
-
-        def work(db: Any) -> dict[str, Any]:
-            return dict(
-                db.peers.find_one_and_update(
-                    {"name": peer.name},
-                    update,
-                    upsert=True,
-                    return_document=pymongo.ReturnDocument.AFTER,
-                )
-            )
-
-        return self._peer(self._converging(f"peer {peer.name!r}", work))
-
-    def get_peer(self, name_or_id: str) -> Peer:
-        doc = self._run(lambda db: db.peers.find_one(self._peer_selector(name_or_id)))
-        if doc is None:
-            known = ", ".join(p.name for p in self.list_peers()) or "none"
-            raise NotFoundError(
-                f"peer {name_or_id!r} not found in {self.describe()} (known peers: {known})"
-            )
-        return self._peer(doc)
-
-    def list_peers(self) -> list[Peer]:
-        docs = self._run(lambda db: list(db.peers.find().sort("name", pymongo.ASCENDING)))
-        return [self._peer(d) for d in docs]
-
-    def remove_peer(self, name_or_id: str) -> bool:
-        return self._run(
-            lambda db: db.peers.delete_many(self._peer_selector(name_or_id)).deleted_count > 0
         )

@@ -56,10 +56,10 @@ import psycopg
 
 from .._errors import InvalidInputError, NotFoundError, StorageError, StoreUnavailableError
 from .._safe_text import mask_secrets
-from ._sql import Tx
 from .base import CHUNK_SIZE
 from .blobs import BlobInfo, BlobStore, VerifyingReader
 from .garbage import GarbageReport, ReferencedKeys
+from .sql.core import Tx
 
 __all__ = ["BLOB_LOCK_CLASS", "BLOB_SCHEMA", "PostgresBlobStore", "WriterLeases"]
 
@@ -85,7 +85,7 @@ BLOB_SCHEMA: list[tuple[int, list[str]]] = [
     ),
 ]
 
-#: ``run(work, write=...)``: a unit of work in a retried transaction (``SQLStore._run``).
+#: ``run(work, write=...)``: a unit of work in a retried transaction (``SQLCore._run``).
 Runner = Callable[..., Any]
 
 #: First key of the two-key advisory locks that are blob leases (b"dcmb" as an int).
@@ -311,21 +311,6 @@ class PostgresBlobStore(BlobStore):
         def work(tx: Tx) -> None:
             tx.execute("DELETE FROM blob_chunks WHERE key = ?", (key,))
             tx.execute("DELETE FROM blobs WHERE key = ?", (key,))
-
-        self._run(work)
-
-    def overwrite_for_test(self, key: str, content: bytes) -> None:
-        """Replace a blob's bytes behind its recorded size and sha256 (tests use it to
-        simulate corruption; the next read must fail with IntegrityError)."""
-        pieces = [content[i : i + self.chunk_size] for i in range(0, len(content), self.chunk_size)]
-
-        def work(tx: Tx) -> None:
-            tx.execute("DELETE FROM blob_chunks WHERE key = ?", (key,))
-            for seq, piece in enumerate(pieces):
-                tx.execute(
-                    "INSERT INTO blob_chunks (key, seq, data) VALUES (?, ?, ?)", (key, seq, piece)
-                )
-            tx.execute("UPDATE blobs SET chunks = ? WHERE key = ?", (len(pieces), key))
 
         self._run(work)
 
