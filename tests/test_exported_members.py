@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
+from pathlib import Path
 
 import dcm_processor_service as dps
 
@@ -53,3 +56,39 @@ def test_errors_share_one_root() -> None:
         obj = getattr(dps, name)
         if inspect.isclass(obj) and issubclass(obj, Exception):
             assert issubclass(obj, dps.DcmProcessorError), name
+
+
+def _type_checking_imports() -> dict[str, str]:
+    """``{name: submodule}`` of the ``if TYPE_CHECKING:`` imports in the package ``__init__``."""
+    tree = ast.parse(Path(dps.__file__).read_text(encoding="utf-8"))
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.level == 1, ast.unparse(imp)
+                for alias in imp.names:
+                    found[alias.asname or alias.name] = str(imp.module)
+    return found
+
+
+def test_lazy_names_are_visible_to_type_checkers() -> None:
+    # IDEs and mypy do not run __getattr__: each lazily exported name must also be imported
+    # under TYPE_CHECKING from the very module the lazy map loads it from
+    assert _type_checking_imports() == dps._LAZY
+    for name, module in dps._LAZY.items():
+        assert getattr(dps, name) is getattr(
+            importlib.import_module(f"dcm_processor_service.{module}"), name
+        )
+
+
+def test_all_is_a_static_list() -> None:
+    # type checkers read __all__ only when it is a literal list of strings
+    tree = ast.parse(Path(dps.__file__).read_text(encoding="utf-8"))
+    assigned = [
+        n.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+    ]
+    assert len(assigned) == 1 and isinstance(assigned[0], ast.List)
+    assert all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in assigned[0].elts)
+    assert set(dps._LAZY) <= set(dps.__all__)

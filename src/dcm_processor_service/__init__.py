@@ -8,6 +8,7 @@ and never prints; errors derive from :class:`DcmProcessorError`.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ._context import JOB_EVENTS, RuntimeContext, context_environ, current_context, use_context
 from ._errors import (
@@ -118,6 +119,39 @@ _LAZY: dict[str, str] = {
     "heartbeat": "progress",
 }
 
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (kept equal to _LAZY by a test)
+    from .imaging.derived import make_pdf_dicom, make_series_dicom, write_datasets
+    from .imaging.nifti_read import dicom_series_to_nifti, series_files_to_nifti
+    from .imaging.nifti_write import nifti_to_dicom
+    from .imaging.provenance import AlgorithmInfo
+    from .imaging.seg import SegmentInfo, make_segmentation
+    from .imaging.series_nifti import get_series_nifti
+    from .imaging.source_images import sorted_source_images
+    from .imaging.sr import (
+        MeasurementInfo,
+        make_measurement_report,
+        make_text_report,
+        segment_volumes,
+    )
+    from .index.ingest import IngestReport, ingest, iter_ingest
+    from .index.metadata import get_simplified_json
+    from .index.order import image_plane, order_slices
+    from .index.select import SeriesSelector, select_series
+    from .index.series import (
+        get_instance,
+        get_patient,
+        get_series,
+        get_series_dicom,
+        get_study,
+        list_instances,
+        list_patients,
+        list_series,
+        list_studies,
+        session_series,
+    )
+    from .net.results import EchoResult, InstanceResult, Outcome, SendReport
+    from .net.sender import DicomSender
+    from .progress import heartbeat, report_progress
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
@@ -161,9 +195,9 @@ def get_peer_id() -> str:
     return current_context().require("peer_id")
 
 
-__all__ = [  # the lazily imported names, then the eager ones
-    *sorted(_LAZY),
+__all__ = [  # static, so that type checkers see every re-export (lazy ones too)
     "JOB_EVENTS",
+    "AlgorithmInfo",
     "AssociationAbortedError",
     "AssociationRejectedError",
     "ConfigError",
@@ -172,24 +206,33 @@ __all__ = [  # the lazily imported names, then the eager ones
     "DcmProcessorError",
     "DicomError",
     "DicomInputError",
+    "DicomSender",
+    "EchoResult",
     "FileRecord",
+    "IngestReport",
     "InstanceRecord",
+    "InstanceResult",
     "IntegrityError",
     "InvalidInputError",
     "JobRecord",
     "JobRef",
     "JobSession",
     "JobStatus",
+    "MeasurementInfo",
     "MissingContextError",
     "MissingDependencyError",
     "NetworkError",
     "NotFoundError",
+    "Outcome",
     "PatientConflictError",
     "PatientRecord",
     "Peer",
     "PeerUnreachableError",
     "RuntimeContext",
+    "SegmentInfo",
+    "SendReport",
     "SeriesRecord",
+    "SeriesSelector",
     "ServiceError",
     "SessionRecord",
     "SessionStatus",
@@ -205,30 +248,60 @@ __all__ = [  # the lazily imported names, then the eager ones
     "close_stores",
     "context_environ",
     "current_context",
+    "dicom_series_to_nifti",
     "download_session_file",
     "get_db_info",
     "get_dicom_sender",
+    "get_instance",
     "get_job_event",
     "get_job_id",
     "get_job_name",
     "get_job_service_name",
+    "get_patient",
     "get_peer",
     "get_peer_id",
+    "get_series",
+    "get_series_dicom",
+    "get_series_nifti",
     "get_session_data",
     "get_session_file",
     "get_session_id",
+    "get_simplified_json",
+    "get_study",
     "has_session_data",
     "has_session_file",
+    "heartbeat",
+    "image_plane",
+    "ingest",
+    "iter_ingest",
     "known_providers",
+    "list_instances",
+    "list_patients",
     "list_peers",
+    "list_series",
+    "list_studies",
+    "make_measurement_report",
+    "make_pdf_dicom",
+    "make_segmentation",
+    "make_series_dicom",
+    "make_text_report",
+    "nifti_to_dicom",
     "open_store",
+    "order_slices",
     "remove_peer",
     "remove_session_data",
     "remove_session_file",
+    "report_progress",
     "run_post_services",
     "run_pre_services",
+    "segment_volumes",
+    "select_series",
+    "series_files_to_nifti",
+    "session_series",
     "set_session_data",
+    "sorted_source_images",
     "store_for",
     "upload_session_file",
     "use_context",
+    "write_datasets",
 ]
