@@ -27,6 +27,7 @@ from ._errors import (
     NetworkError,
     NotFoundError,
     PatientConflictError,
+    PeerAuthError,
     PeerUnreachableError,
     ServiceError,
     StorageError,
@@ -52,6 +53,7 @@ from .session import (
     upload_session_file,
 )
 from .store import (
+    DicomWebEndpoint,
     FileRecord,
     InstanceRecord,
     JobRecord,
@@ -114,6 +116,15 @@ _LAZY: dict[str, str] = {
     "InstanceResult": "net.results",
     "Outcome": "net.results",
     "EchoResult": "net.results",
+    "StowSender": "net.dicomweb.stow",
+    # query/retrieve
+    "find_studies": "net.query",
+    "find_series": "net.query",
+    "find_priors": "net.query",
+    "StudyMatch": "net.query",
+    "SeriesMatch": "net.query",
+    "retrieve_series": "net.retrieve",
+    "retrieve_study": "net.retrieve",
     # progress reporting from inside a job
     "report_progress": "progress",
     "heartbeat": "progress",
@@ -149,7 +160,10 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (kept equal to _
         list_studies,
         session_series,
     )
+    from .net.dicomweb.stow import StowSender
+    from .net.query import SeriesMatch, StudyMatch, find_priors, find_series, find_studies
     from .net.results import EchoResult, InstanceResult, Outcome, SendReport
+    from .net.retrieve import retrieve_series, retrieve_study
     from .net.sender import DicomSender
     from .progress import heartbeat, report_progress
 
@@ -207,6 +221,7 @@ __all__ = [  # static, so that type checkers see every re-export (lazy ones too)
     "DicomError",
     "DicomInputError",
     "DicomSender",
+    "DicomWebEndpoint",
     "EchoResult",
     "FileRecord",
     "IngestReport",
@@ -227,10 +242,12 @@ __all__ = [  # static, so that type checkers see every re-export (lazy ones too)
     "PatientConflictError",
     "PatientRecord",
     "Peer",
+    "PeerAuthError",
     "PeerUnreachableError",
     "RuntimeContext",
     "SegmentInfo",
     "SendReport",
+    "SeriesMatch",
     "SeriesRecord",
     "SeriesSelector",
     "ServiceError",
@@ -240,6 +257,8 @@ __all__ = [  # static, so that type checkers see every re-export (lazy ones too)
     "Store",
     "StoreFailedError",
     "StoreUnavailableError",
+    "StowSender",
+    "StudyMatch",
     "StudyRecord",
     "TLSError",
     "UnknownProviderError",
@@ -250,6 +269,9 @@ __all__ = [  # static, so that type checkers see every re-export (lazy ones too)
     "current_context",
     "dicom_series_to_nifti",
     "download_session_file",
+    "find_priors",
+    "find_series",
+    "find_studies",
     "get_db_info",
     "get_dicom_sender",
     "get_instance",
@@ -292,6 +314,8 @@ __all__ = [  # static, so that type checkers see every re-export (lazy ones too)
     "remove_session_data",
     "remove_session_file",
     "report_progress",
+    "retrieve_series",
+    "retrieve_study",
     "run_post_services",
     "run_pre_services",
     "segment_volumes",

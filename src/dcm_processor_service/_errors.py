@@ -29,7 +29,8 @@ with ``raise Mapped(message) from exc``, so the original stays in ``__cause__``.
         ├── AssociationAbortedError  the association was aborted or dropped mid-send
         ├── PeerUnreachableError     connection refused / timed out
         ├── StoreFailedError         one or more C-STOREs failed
-        └── TLSError                 certificate / handshake problems
+        ├── TLSError                 certificate / handshake problems
+        └── PeerAuthError            a DICOMweb peer refused our credentials (HTTP 401/403)
 
 Attributes some errors carry (declared on the classes, so ``exc.transient`` is always
 there to read; no ``getattr`` probing):
@@ -73,6 +74,7 @@ __all__ = [
     "NetworkError",
     "NotFoundError",
     "PatientConflictError",
+    "PeerAuthError",
     "PeerUnreachableError",
     "ServiceError",
     "StorageError",
@@ -268,3 +270,8 @@ class StoreFailedError(NetworkError):
 
 class TLSError(NetworkError):
     """TLS set-up or the handshake failed (bad certificate, host name mismatch...)."""
+
+
+class PeerAuthError(NetworkError):
+    """A DICOMweb peer refused our credentials (HTTP 401 or 403): wrong password or
+    token, expired token, or a client certificate it does not accept."""

@@ -6,6 +6,10 @@ runner and integration engineers.
 original did); with a name, that peer. An unknown name raises :class:`NotFoundError`
 listing the known peers. A :class:`Peer` is also a mapping with the platform's peer
 record keys (``peer["host"]``, ``peer.get("aet")``).
+
+A peer may also be a DICOMweb endpoint (``add_peer(name, dicomweb=...)``): then
+:func:`get_dicom_sender` returns a :class:`~dcm_processor_service.StowSender`, with the
+same methods and results as the DIMSE sender.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._context import current_context
+from ._errors import InvalidInputError
 from ._runtime import store_for
 from .store.base import Store
 from .store.records import Peer
+from .store.web_endpoint import DicomWebEndpoint
 
 if TYPE_CHECKING:
+    from .net.dicomweb.stow import StowSender
     from .net.sender import DicomSender
 
 __all__ = ["add_peer", "get_dicom_sender", "get_peer", "list_peers", "remove_peer"]
@@ -43,12 +50,17 @@ def get_peer(name: str | None = None, *, store: Store | None = None) -> Peer | N
     return _store(store).get_peer(name)
 
 
+#: The AE title recorded for a DICOMweb-only peer (the platform's peer record needs one).
+DICOMWEB_ONLY_AET = "DICOMWEB"
+
+
 def add_peer(
     name: str,
-    aet: str,
-    host: str,
-    port: int,
+    aet: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
     *,
+    dicomweb: DicomWebEndpoint | str | None = None,
     tls: bool = False,
     cert_file: str | None = None,
     key_file: str | None = None,
@@ -57,7 +69,25 @@ def add_peer(
     whitelist_ip: list[str] | tuple[str, ...] = (),
     store: Store | None = None,
 ) -> Peer:
-    """Add a peer, or update the peer of that name. Validated: AE title, port, TLS files."""
+    """Add a peer, or update the peer of that name. Validated: AE title, port, TLS files.
+
+    ``dicomweb``: the peer's DICOMweb endpoint (a :class:`DicomWebEndpoint`, or a base URL
+    for one without authentication). A DICOMweb-only peer may leave out ``aet``/``host``/
+    ``port``: the record then holds the URL's host and port and the AE title
+    ``"DICOMWEB"`` (the platform's peer records need all three).
+    """
+    if isinstance(dicomweb, str):
+        dicomweb = DicomWebEndpoint(dicomweb)
+    if dicomweb is not None:
+        aet = DICOMWEB_ONLY_AET if aet is None else aet
+        host = dicomweb.host if host is None else host
+        port = dicomweb.port if port is None else port
+    missing = [k for k, v in (("aet", aet), ("host", host), ("port", port)) if v is None]
+    if missing:
+        raise InvalidInputError(
+            f"peer {name!r} needs {', '.join(missing)} (or a DICOMweb endpoint: dicomweb=URL)"
+        )
+    assert aet is not None and host is not None and port is not None
     peer = Peer(
         name=name,
         aet=aet,
@@ -69,15 +99,17 @@ def add_peer(
         ca_file=ca_file,
         whitelist_aet=tuple(whitelist_aet),
         whitelist_ip=tuple(whitelist_ip),
+        dicomweb=dicomweb,
     )
     saved = _store(store).put_peer(peer)
     logger.info(
-        "peer %s saved (%s@%s:%d%s)",
+        "peer %s saved (%s@%s:%d%s%s)",
         saved.name,
         saved.aet,
         saved.host,
         saved.port,
         ", TLS" if saved.tls else "",
+        f", DICOMweb {saved.dicomweb.url} auth {saved.dicomweb.auth}" if saved.dicomweb else "",
     )
     return saved
 
@@ -97,22 +129,30 @@ def get_dicom_sender(
     additional_sops: list[str] | None = None,
     additional_syntaxes: list[str] | None = None,
     *,
+    protocol: str | None = None,
     store: Store | None = None,
     **options: Any,
-) -> DicomSender | None:
-    """A ready :class:`DicomSender` for ``peer_name`` (default: the session's peer).
+) -> DicomSender | StowSender | None:
+    """A ready sender for ``peer_name`` (default: the session's peer): a
+    :class:`DicomSender` (C-STORE), or for a peer with a DICOMweb endpoint a
+    :class:`StowSender` (STOW-RS) - same methods, same :class:`SendReport`.
+    ``protocol="dimse"`` asks for the DIMSE sender of a peer that has both.
 
     Returns ``None`` only when no name is given and the job has no session peer
     (``DCM-PROCESSOR-SERVICE-PEER-ID`` unset); an unknown peer name raises
-    :class:`NotFoundError`.
+    :class:`NotFoundError`. ``options``: the chosen sender's keyword-only tuning.
     """
     if peer_name is None and current_context().peer_id is None:
         logger.warning("no peer name given and the session has no peer: no sender")
         return None
     peer = get_peer(peer_name, store=store)
     assert peer is not None  # a name, or the session's peer id
-    from .net.sender import DicomSender  # imported late: pynetdicom is only needed here
+    from .net.peer_sender import sender_for_peer  # late: pynetdicom/httpx only when sending
 
-    return DicomSender.for_peer(
-        peer, additional_sops=additional_sops, additional_syntaxes=additional_syntaxes, **options
+    return sender_for_peer(
+        peer,
+        protocol=protocol,
+        additional_sops=additional_sops,
+        additional_syntaxes=additional_syntaxes,
+        **options,
     )

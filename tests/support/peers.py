@@ -362,6 +362,19 @@ class OrthancPeer:
     process: subprocess.Popen[bytes]
     host: str = LOOPBACK
     config: dict[str, Any] = field(default_factory=dict)
+    #: (user, password) for the REST API when the config enables authentication
+    http_auth: tuple[str, str] | None = None
+
+    def _open(self, req: str | urllib.request.Request) -> Any:
+        """urlopen with the REST credentials, if any."""
+        if not isinstance(req, urllib.request.Request):
+            req = urllib.request.Request(req)
+        if self.http_auth is not None:
+            import base64
+
+            pair = ":".join(self.http_auth).encode()
+            req.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+        return urllib.request.urlopen(req, timeout=30)
 
     @property
     def url(self) -> str:
@@ -370,7 +383,7 @@ class OrthancPeer:
 
     def get(self, path: str) -> bytes:
         """GET a REST path; the raw body."""
-        with urllib.request.urlopen(self.url + path, timeout=30) as rsp:
+        with self._open(self.url + path) as rsp:
             return bytes(rsp.read())
 
     def get_json(self, path: str) -> Any:
@@ -384,7 +397,7 @@ class OrthancPeer:
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=30) as rsp:
+        with self._open(req) as rsp:
             return json.loads(rsp.read())
 
     def instances(self) -> list[str]:
@@ -394,7 +407,7 @@ class OrthancPeer:
     def instance_id(self, sop_instance_uid: str) -> str | None:
         """The Orthanc id of the instance with this SOP Instance UID, or None."""
         req = urllib.request.Request(self.url + "/tools/lookup", data=sop_instance_uid.encode())
-        with urllib.request.urlopen(req, timeout=30) as rsp:
+        with self._open(req) as rsp:
             hits = json.loads(rsp.read())
         return next((h["ID"] for h in hits if h.get("Type") == "Instance"), None)
 
@@ -415,7 +428,7 @@ class OrthancPeer:
         """Delete every patient (so one Orthanc can serve several tests)."""
         for patient in self.get_json("/patients"):
             req = urllib.request.Request(f"{self.url}/patients/{patient}", method="DELETE")
-            urllib.request.urlopen(req, timeout=30).close()
+            self._open(req).close()
 
     def stop(self, graceful: bool = False) -> None:
         """Stop Orthanc: SIGKILL (its data is thrown away), or with ``graceful`` SIGTERM
@@ -438,6 +451,7 @@ def run_orthanc(
     always_allow: bool = True,
     check_called_aet: bool = False,
     extra_config: Mapping[str, Any] | None = None,
+    http_auth: tuple[str, str] | None = None,
 ) -> Iterator[OrthancPeer]:
     """Run Orthanc with its packaged defaults plus a minimal config (per TESTING.md).
 
@@ -445,7 +459,9 @@ def run_orthanc(
     titles in ``modalities`` (``{"NAME": [aet, host, port]}``): every
     ``DicomAlwaysAllow*`` is switched off. ``tls`` enables DICOM TLS with the server
     certificate, trusting ``tls.ca_cert`` for client certificates (required unless
-    ``require_client_cert=False``). Waits until ``/system`` answers.
+    ``require_client_cert=False``). ``http_auth`` = (user, password) switches on the REST
+    API's basic authentication with that one user (the helper's own calls use it too).
+    Waits until ``/system`` answers.
     """
     binary = require_binary(ORTHANC)
     work = Path(work_dir)
@@ -478,6 +494,9 @@ def run_orthanc(
                 "DicomTlsRemoteCertificateRequired": require_client_cert,
             }
         )
+    if http_auth is not None:
+        config["AuthenticationEnabled"] = True
+        config["RegisteredUsers"] = {http_auth[0]: http_auth[1]}
     config.update(extra_config or {})
     cfg = work / "orthanc.json"
     cfg.write_text(json.dumps(config, indent=2))
@@ -490,7 +509,9 @@ def run_orthanc(
             stdin=subprocess.DEVNULL,
             cwd=work,
         )
-    peer = OrthancPeer(aet, dicom_port, http_port, work, process, config=config)
+    peer = OrthancPeer(
+        aet, dicom_port, http_port, work, process, config=config, http_auth=http_auth
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

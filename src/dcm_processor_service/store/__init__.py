@@ -24,11 +24,13 @@ from .records import (
     StudyRecord,
 )
 from .registry import ProviderSpec, known_providers, open_store, register_provider
+from .web_endpoint import DicomWebEndpoint
 
 __all__ = [
     "CHUNK_SIZE",
     "JOB_FIELDS",
     "DataRecord",
+    "DicomWebEndpoint",
     "FileRecord",
     "InstanceInput",
     "InstanceRecord",

@@ -29,6 +29,7 @@ from typing import Any, TypedDict
 
 from .._errors import InvalidInputError
 from .._validation import validate_ae_title, validate_name, validate_port
+from .web_endpoint import DicomWebEndpoint
 
 __all__ = [
     "JOB_FIELDS",
@@ -142,6 +143,12 @@ class Peer(Mapping[str, Any]):
     With ``tls`` on, ``ca_file`` verifies the peer's certificate and host name;
     ``cert_file``/``key_file`` are our client certificate for mutual TLS.
 
+    ``dicomweb`` makes it a DICOMweb peer as well (:class:`DicomWebEndpoint`: base URL,
+    authentication by reference to a secret, TLS files): sending then goes by STOW-RS and
+    query/retrieve by QIDO-RS/WADO-RS. It is stored as one extra ``dicomweb`` field of
+    the platform's peer record (absent for a DIMSE-only peer), so the platform's tools
+    read such a record as before.
+
     A peer is also a read-only mapping with the platform's peer record keys
     (``peer["host"]``, ``peer.get("aet")``; see :meth:`to_dict`), as services written
     for the platform read it.
@@ -158,9 +165,17 @@ class Peer(Mapping[str, Any]):
     whitelist_aet: tuple[str, ...] = ()
     whitelist_ip: tuple[str, ...] = ()
     id: str | None = None
+    dicomweb: DicomWebEndpoint | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "peer name")
+        if isinstance(self.dicomweb, Mapping):
+            object.__setattr__(self, "dicomweb", DicomWebEndpoint.from_dict(self.dicomweb))
+        elif self.dicomweb is not None and not isinstance(self.dicomweb, DicomWebEndpoint):
+            raise InvalidInputError(
+                f"invalid 'dicomweb' value {self.dicomweb!r} for peer {self.name!r} - must be "
+                "a DicomWebEndpoint or its dict"
+            )
         object.__setattr__(self, "aet", validate_ae_title(self.aet, "aet"))
         object.__setattr__(self, "port", validate_port(self.port, "port"))
         if not isinstance(self.host, str) or not self.host.strip():
@@ -182,12 +197,21 @@ class Peer(Mapping[str, Any]):
                     f"peer {self.name!r}: 'cert_file' and 'key_file' must be given together for mutual TLS"
                 )
 
+    @property
+    def is_dicomweb(self) -> bool:
+        """True when the peer has a DICOMweb endpoint (sends by STOW-RS by default)."""
+        return self.dicomweb is not None
+
     def to_dict(self) -> dict[str, Any]:
-        """The peer as a plain dict (``_id`` for the record id, lists for allow-lists)."""
+        """The peer as a plain dict (``_id`` for the record id, lists for allow-lists,
+        ``dicomweb`` only when set)."""
         data = asdict(self)
         data["_id"] = data.pop("id")
         data["whitelist_aet"] = list(self.whitelist_aet)
         data["whitelist_ip"] = list(self.whitelist_ip)
+        data.pop("dicomweb")
+        if self.dicomweb is not None:
+            data["dicomweb"] = self.dicomweb.to_dict()
         return data
 
     def __getitem__(self, key: str) -> Any:

@@ -20,13 +20,26 @@ __all__ = ["send"]
     multiple=True,
     help="A series of the store (record _id or SeriesInstanceUID). Repeatable.",
 )
+@click.option(
+    "--dimse",
+    "force_dimse",
+    is_flag=True,
+    help="Send by DIMSE (C-STORE) even when the peer has a DICOMweb endpoint.",
+)
 @uses_store
 @pass_state
-def send(state: CliState, peer: str, paths: tuple[str, ...], series_ids: tuple[str, ...]) -> int:
-    """Send DICOM files, folders, or stored series to PEER (a peer of the store)."""
+def send(
+    state: CliState,
+    peer: str,
+    paths: tuple[str, ...],
+    series_ids: tuple[str, ...],
+    force_dimse: bool,
+) -> int:
+    """Send DICOM files, folders, or stored series to PEER (a peer of the store): by
+    STOW-RS when PEER has a DICOMweb endpoint, else by DIMSE C-STORE."""
     from ...index.series import get_series_dicom
+    from ...net.peer_sender import sender_for_peer
     from ...net.results import Outcome
-    from ...net.sender import DicomSender
     from ...sources import collect_files
 
     if not paths and not series_ids:
@@ -35,7 +48,7 @@ def send(state: CliState, peer: str, paths: tuple[str, ...], series_ids: tuple[s
     fatal: DcmProcessorError | None = None
     with state.open_store() as store:
         target = store.get_peer(peer)
-        sender = DicomSender.for_peer(target)
+        sender = sender_for_peer(target, protocol="dimse" if force_dimse else None)
         datasets = [
             ds for series_id in series_ids for ds in get_series_dicom(series_id, store=store)
         ]

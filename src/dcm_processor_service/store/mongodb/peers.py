@@ -2,7 +2,9 @@
 
 Fields: ``_id``, ``name``, ``aet``, ``host``, ``port``, ``tls``, ``whitelist_aet``,
 ``whitelist_ip`` (and ``cert_file``, ``key_file``, ``ca_file`` when set) - what the
-platform's own peer records hold. A peer is found by name or by ``_id``.
+platform's own peer records hold - plus, for a DICOMweb peer, one ``dicomweb``
+sub-document (URL, auth kind, username, *reference* to the secret, TLS files), which the
+platform's tools carry along unread. A peer is found by name or by ``_id``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .layout import EXTRA, ORIGIN, id_values, now, oid, plain
 __all__ = ["PeerDocuments"]
 
 #: peer fields stored only when set
-_PEER_OPTIONAL = ("cert_file", "key_file", "ca_file")
+_PEER_OPTIONAL = ("cert_file", "key_file", "ca_file", "dicomweb")
 
 
 class PeerDocuments(MongoConnection):

@@ -1,0 +1,107 @@
+"""The original's ``send_dicom_from_*`` methods, shared by every sender.
+
+:class:`SendMethods` implements the platform's four methods (SPEC §2.8) on top of a
+sender's :meth:`send` and :meth:`with_overrides`, so the DIMSE sender
+(:class:`~.sender.DicomSender`) and the STOW-RS sender
+(:class:`~.dicomweb.stow.StowSender`) check their arguments and answer them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from .._errors import InvalidInputError
+from .instances import DicomdirFile, FilterCallback, SourceLike
+from .results import SendReport
+
+__all__ = ["SendMethods"]
+
+
+class SendMethods:
+    """``send_dicom_from_path/filelist/dataset/dicomdir`` for a sender class that
+    defines ``send(source, *, filter_callback)``, ``with_overrides(**overrides)`` and a
+    ``last_report`` attribute."""
+
+    last_report: SendReport | None
+
+    def send(
+        self, source: SourceLike, *, filter_callback: FilterCallback | None = None
+    ) -> SendReport:
+        raise NotImplementedError
+
+    def with_overrides(self, **overrides: Any) -> Any:
+        raise NotImplementedError
+
+    def _compat_send(
+        self, source: SourceLike, filter_callback: FilterCallback | None, overrides: dict[str, Any]
+    ) -> list[Dataset]:
+        sender = self.with_overrides(**overrides)
+        try:
+            return sender.send(source, filter_callback=filter_callback).status_datasets()
+        finally:
+            self.last_report = sender.last_report
+
+    def send_dicom_from_path(
+        self,
+        path: str | os.PathLike[str],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
+    ) -> list[Dataset]:
+        """Send a file, or every file under a folder (recursively); return one status
+        dataset per instance. A DICOMDIR met in the folder is skipped. ``kwargs``: the
+        per-call connection overrides of :meth:`with_overrides`."""
+        if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
+            raise InvalidInputError(f"invalid 'path' value {path!r} - no such file or folder")
+        return self._compat_send(path, filter_callback, kwargs)
+
+    def send_dicom_from_filelist(
+        self,
+        filelist: Iterable[str | os.PathLike[str]],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
+    ) -> list[Dataset]:
+        """Send the listed files; a missing or unreadable file gets a failure status and
+        the others are still sent. ``kwargs``: per-call connection overrides."""
+        files = [filelist] if isinstance(filelist, (str, os.PathLike)) else list(filelist)
+        for i, item in enumerate(files):
+            if not isinstance(item, (str, os.PathLike)):
+                raise InvalidInputError(
+                    f"invalid 'filelist' item #{i} {item!r} - must be a file path"
+                )
+        return self._compat_send(files, filter_callback, kwargs)
+
+    def send_dicom_from_dataset(
+        self,
+        datasets: Dataset | Iterable[Dataset],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
+    ) -> list[Dataset]:
+        """Send pydicom datasets (one, or an iterable); reported as ``"dataset #i"``.
+        ``kwargs``: per-call connection overrides."""
+        items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
+        for i, item in enumerate(items):
+            if not isinstance(item, Dataset):
+                raise InvalidInputError(
+                    f"invalid 'datasets' item #{i}: {type(item).__name__} - must be a pydicom Dataset"
+                )
+        return self._compat_send(items, filter_callback, kwargs)
+
+    def send_dicom_from_dicomdir(
+        self,
+        filename: str | os.PathLike[str],
+        filter_callback: FilterCallback | None = None,
+        **kwargs: Any,
+    ) -> list[Dataset]:
+        """Send the instances a DICOMDIR references (``filename`` may also be the folder
+        holding the DICOMDIR). ``kwargs``: per-call connection overrides."""
+        path = Path(filename)
+        if path.is_dir():
+            path = path / "DICOMDIR"
+        if not path.is_file():
+            raise InvalidInputError(f"invalid 'filename' value {filename!r} - no such DICOMDIR")
+        return self._compat_send(DicomdirFile(path), filter_callback, kwargs)
