@@ -24,7 +24,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from .._context import current_context
-from .._errors import InvalidInputError
+from .._errors import InvalidInputError, NotFoundError
 from .._runtime import store_for
 from ..index.ingest import IngestFailure, IngestReport, ingest
 from ..store.base import Store
@@ -131,6 +131,8 @@ def _retrieve(
             calling_ae_title=calling_ae_title,
         )
         fetched_s = time.perf_counter() - t0
+        if not paths:
+            raise NotFoundError(f"peer {record.name} has no {what} (nothing was retrieved)")
         good: list[Path] = []
         foreign: list[IngestFailure] = []
         for path in paths:
@@ -178,7 +180,8 @@ def retrieve_series(
     ``"dicomweb"`` or ``"dimse"``. ``method`` (DIMSE): ``"get"`` (C-GET, default) or
     ``"move"`` (C-MOVE to ourselves: a storage SCP on ``move_port`` with our calling AE
     title, which the peer must know). Network failures raise the package's
-    :class:`NetworkError` family; per-instance problems are the report's failures.
+    :class:`NetworkError` family; a study or series the peer does not have raises
+    :class:`NotFoundError`; per-instance problems are the report's failures.
     """
     return _retrieve(
         study_instance_uid,

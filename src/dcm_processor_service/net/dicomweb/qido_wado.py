@@ -51,18 +51,19 @@ def qido(client: httpx.Client, peer: str, path: str, params: Mapping[str, str]) 
 
 def wado(client: httpx.Client, peer: str, path: str, folder: Path) -> list[Path]:
     """``GET {url}{path}`` (a WADO-RS study or series): its instances written to
-    ``folder`` as ``NNNNNN.dcm``; returns the paths. A truncated answer raises
+    ``folder`` as ``NNNNNN.dcm``; returns the paths (none when the peer answers 404: it
+    has no such study or series). A truncated answer raises
     :class:`NetworkError` (transient) after the complete parts were written."""
     folder.mkdir(parents=True, exist_ok=True)
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
     paths: list[Path] = []
     try:
         with client.stream("GET", path, headers=headers) as rsp:
+            if rsp.status_code in (204, 404):
+                return []  # the peer has no such study / series
             if rsp.status_code >= 400:
                 rsp.read()
                 raise_for_status(rsp, peer, f"WADO-RS {path}")
-            if rsp.status_code == 204:
-                return []
             boundary = boundary_of(rsp.headers.get("content-type", ""))
             for part in read_parts(
                 rsp.iter_bytes(_CHUNK), boundary, lambda n: folder / f"{n:06d}.dcm"
