@@ -14,7 +14,9 @@ extras="${1:-all}"
 if [ "$want_system" = 1 ]; then
   missing=()
   [ -x /usr/bin/storescp ] || missing+=(dcmtk)
-  [ -x /usr/sbin/Orthanc ] || missing+=(orthanc orthanc-dicomweb)
+  [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+  # the DICOMweb plugin: STOW-RS / QIDO-RS / WADO-RS peer of tests/test_dicomweb*.py
+  [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null || missing+=(openssl)
   { command -v runuser && command -v setpriv; } >/dev/null || missing+=(util-linux)

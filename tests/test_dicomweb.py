@@ -447,3 +447,50 @@ def test_pixel_data_round_trip_of_a_dataset(clean_orthanc: OrthancPeer, password
     back = clean_orthanc.dataset(ds.SOPInstanceUID)
     np.testing.assert_array_equal(back.pixel_array, ds.pixel_array)
     assert dcmread(io.BytesIO(clean_orthanc.instance_file(clean_orthanc.instances()[0])))
+
+
+# -- TLS and client certificates --------------------------------------------------------------
+def test_stow_over_https_with_a_client_certificate(
+    tmp_path: Path, clean_orthanc: OrthancPeer
+) -> None:
+    """HTTPS requiring a client certificate from our CA (a TLS terminator in front of
+    Orthanc, see ``support.dicomweb.tls_terminator``): ``cert`` auth with the CA file
+    works; without a client certificate, or without trusting the server's CA
+    (verification cannot be switched off), the send fails with TLSError."""
+    from dcm_processor_service._errors import TLSError
+    from dcm_processor_service.net.dicomweb.auth import open_client
+    from dcm_processor_service.net.dicomweb.qido_wado import qido
+    from support.dicomweb import tls_terminator
+    from support.peers import make_tls_files
+
+    tls = make_tls_files(tmp_path / "pki")
+    f = copy_with_new_uid(TEST_FILES / "CT_small.dcm", tmp_path / "in")
+    # the terminator's upstream is Orthanc with basic auth: the client cert and basic
+    # auth are combined here (auth "basic" + cert files = mutual TLS plus a password)
+    with tls_terminator(clean_orthanc.http_port, tls) as port, pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SECRET_ENV, PASSWORD)
+        url = f"https://127.0.0.1:{port}/dicom-web"
+        good = DicomWebEndpoint(
+            url,
+            "basic",
+            USER,
+            f"env:{SECRET_ENV}",
+            cert_file=str(tls.client_cert),
+            key_file=str(tls.client_key),
+            ca_file=str(tls.ca_cert),
+        )
+        assert StowSender(good).send_echo().ok
+        assert StowSender(good).send(f).ok
+        uid = str(dcmread(f).SOPInstanceUID)
+        with open_client(good) as client:
+            assert len(qido(client, "tls", "/instances", {"SOPInstanceUID": uid})) == 1
+        no_cert = DicomWebEndpoint(
+            url, "basic", USER, f"env:{SECRET_ENV}", ca_file=str(tls.ca_cert)
+        )
+        with pytest.raises(NetworkError):
+            StowSender(no_cert, max_retries=0).send_echo()
+        untrusted = DicomWebEndpoint(
+            url, "cert", cert_file=str(tls.client_cert), key_file=str(tls.client_key)
+        )
+        with pytest.raises(TLSError, match="certificate verify failed"):
+            StowSender(untrusted).send_echo()

@@ -92,3 +92,24 @@ def test_all_is_a_static_list() -> None:
     assert len(assigned) == 1 and isinstance(assigned[0], ast.List)
     assert all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in assigned[0].elts)
     assert set(dps._LAZY) <= set(dps.__all__)
+
+
+#: DICOMweb peers and query/retrieve (issue #14): lazily imported, real objects.
+DICOMWEB_NAMES = {
+    "DicomWebEndpoint": "dcm_processor_service.store.web_endpoint",
+    "PeerAuthError": "dcm_processor_service._errors",
+    "StowSender": "dcm_processor_service.net.dicomweb.stow",
+    "find_studies": "dcm_processor_service.net.query",
+    "find_series": "dcm_processor_service.net.query",
+    "find_priors": "dcm_processor_service.net.query",
+    "StudyMatch": "dcm_processor_service.net.query",
+    "SeriesMatch": "dcm_processor_service.net.query",
+    "retrieve_series": "dcm_processor_service.net.retrieve",
+    "retrieve_study": "dcm_processor_service.net.retrieve",
+}
+
+
+def test_dicomweb_and_query_retrieve_names_are_exported() -> None:
+    for name, module in DICOMWEB_NAMES.items():
+        assert name in dps.__all__, name
+        assert getattr(dps, name).__module__ == module, name
