@@ -1,9 +1,12 @@
-"""Benchmark: sending a 300-slice CT series with DicomSender vs dcmtk's storescu.
+"""Benchmark: sending a 300-slice CT series with DicomSender vs dcmtk's storescu, and
+by STOW-RS (StowSender) vs storescu and a plain curl multipart POST; WADO-RS vs curl.
 
 Run from the repository root (nothing to install besides the package's dependencies,
-dcmtk and Orthanc)::
+dcmtk, Orthanc and orthanc-dicomweb; ``pip install -e '.[bench]'`` adds dicomweb-client
+to the comparison)::
 
     python benchmarks/bench_send.py [--slices 300] [--rounds 3] [--skip-orthanc]
+    python benchmarks/bench_send.py --dicomweb-only [--big-mb 1024]
 
 What it does, in one run:
 
@@ -23,6 +26,13 @@ Each sender runs in its own process (ours via ``--child``) so its peak RSS is it
 "send" is the time measured inside the sender (ours: ``SendReport.timings.total_s``),
 "process" the wall time of the whole process including interpreter start and imports.
 Goals (issue 6): <= 1.0x storescu to storescp, <= 0.5x storescu to Orthanc.
+
+5. DICOMweb (issue 14, :mod:`dicomweb_bench`): Orthanc with its DICOMweb plugin and
+   basic auth; the series sent by ``StowSender`` against ``storescu`` (DIMSE, the same
+   Orthanc) and ``curl`` POSTing a ready multipart body of the same files (goal: no
+   slower than 1.2x the faster of the two), then WADO-RS of the series by our
+   retrieval against ``curl`` saving the multipart answer; with ``--big-mb`` a study of
+   that size is sent by STOW-RS and the sender's peak RSS reported.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -223,10 +233,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--orthanc-rounds", type=int, default=1, help="storescu -> Orthanc is slow")
     parser.add_argument("--skip-orthanc", action="store_true")
+    parser.add_argument("--skip-dicomweb", action="store_true")
+    parser.add_argument("--dicomweb-only", action="store_true")
+    parser.add_argument(
+        "--big-mb", type=int, default=0, help="also send a study of this size by STOW-RS"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(json.loads(args.child))
+        spec = json.loads(args.child)
+        if "dicomweb" in spec:
+            from dicomweb_bench import dicomweb_child
+
+            dicomweb_child(spec)
+        else:
+            child(spec)
+        return 0
+    if args.dicomweb_only:
+        from dicomweb_bench import run_dicomweb
+
+        with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
+            files = write_ct_series(Path(tmp) / "ct", args.slices)
+            run_dicomweb(Path(tmp), files, args.rounds, args.big_mb, write_ct_series)
         return 0
 
     from support.peers import run_orthanc, run_storescp
@@ -327,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  to Orthanc:  ours / storescu = {ratio_orthanc:.2f}x (goal <= 0.5x) {'OK' if ratio_orthanc <= 0.5 else 'MISSED'}"
             )
+        if not args.skip_dicomweb:
+            from dicomweb_bench import run_dicomweb
+
+            run_dicomweb(work, files, args.rounds, args.big_mb, write_ct_series)
         shutil.rmtree(work / "ct", ignore_errors=True)
     return 0
 

@@ -494,3 +494,44 @@ def test_stow_over_https_with_a_client_certificate(
         )
         with pytest.raises(TLSError, match="certificate verify failed"):
             StowSender(untrusted).send_echo()
+
+
+# -- multipart bodies ---------------------------------------------------------------------------------
+def test_multipart_writer_length_and_reader_round_trip(tmp_path: Path) -> None:
+    """The writer's Content-Length is exact; the reader splits the body back into the
+    same parts whatever the chunking (boundaries cut anywhere), keeping each part's
+    bytes (including CRLFs and boundary-like text inside them)."""
+    from dcm_processor_service.net.dicomweb.multipart import MultipartWriter, read_parts
+
+    tricky = b"\r\n--not-the-boundary\r\n" + bytes(range(256)) * 40
+    (tmp_path / "a.bin").write_bytes(tricky)
+    body = MultipartWriter()
+    body.add_file(tmp_path / "a.bin")
+    body.add_bytes(b"")
+    body.add_bytes(b"second\r\n")
+    data = b"".join(body)
+    assert body.finished and len(data) == body.content_length
+    for size in (1, 7, 64, 1000, len(data)):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        out = tmp_path / f"out{size}"
+        out.mkdir()
+        parts = list(read_parts(chunks, body.boundary, lambda n, o=out: o / f"{n}"))
+        assert [p.path.read_bytes() for p in parts] == [tricky, b"", b"second\r\n"]
+        assert {p.content_type for p in parts} == {"application/dicom"}
+
+
+def test_multipart_reader_refuses_a_truncated_answer(tmp_path: Path) -> None:
+    from dcm_processor_service._errors import DicomInputError
+    from dcm_processor_service.net.dicomweb.multipart import MultipartWriter, read_parts
+
+    body = MultipartWriter()
+    body.add_bytes(b"first part")
+    body.add_bytes(b"x" * 5000)
+    data = b"".join(body)
+    cut = data[: len(data) - 2000]
+    got = []
+    with pytest.raises(DicomInputError, match="part 1"):
+        for part in read_parts([cut], body.boundary, lambda n: tmp_path / f"{n}"):
+            got.append(part.path.read_bytes())
+    assert got == [b"first part"]
+    assert not (tmp_path / "1").exists()  # the incomplete part is not left behind

@@ -55,7 +55,11 @@ def wado(client: httpx.Client, peer: str, path: str, folder: Path) -> list[Path]
     has no such study or series). A truncated answer raises
     :class:`NetworkError` (transient) after the complete parts were written."""
     folder.mkdir(parents=True, exist_ok=True)
-    headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    headers = {
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+        # pixel data hardly compresses, and gzip made the peer 4x slower (measured on Orthanc)
+        "Accept-Encoding": "identity",
+    }
     paths: list[Path] = []
     try:
         with client.stream("GET", path, headers=headers) as rsp:
@@ -65,9 +69,10 @@ def wado(client: httpx.Client, peer: str, path: str, folder: Path) -> list[Path]
                 rsp.read()
                 raise_for_status(rsp, peer, f"WADO-RS {path}")
             boundary = boundary_of(rsp.headers.get("content-type", ""))
-            for part in read_parts(
-                rsp.iter_bytes(_CHUNK), boundary, lambda n: folder / f"{n:06d}.dcm"
-            ):
+            # the socket's own blocks when the body is not content-encoded (no re-chunking)
+            encoded = rsp.headers.get("content-encoding", "identity").lower() != "identity"
+            chunks = rsp.iter_bytes(_CHUNK) if encoded else rsp.iter_raw()
+            for part in read_parts(chunks, boundary, lambda n: folder / f"{n:06d}.dcm"):
                 paths.append(part.path)
     except httpx.TransportError as exc:
         raise transport_error(exc, peer, in_doubt=False) from None
