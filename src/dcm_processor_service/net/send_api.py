@@ -8,18 +8,26 @@ sender's :meth:`send` and :meth:`with_overrides`, so the DIMSE sender
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
-from .._errors import InvalidInputError
-from .instances import DicomdirFile, FilterCallback, SourceLike
+from .._errors import InvalidInputError, NetworkError
+from .delivery import SendLedger
+from .instances import DicomdirFile, FilterCallback, Instance, SourceLike, gather
 from .results import SendReport
 
-__all__ = ["SendMethods"]
+__all__ = ["Deliver", "SendMethods"]
+
+logger = logging.getLogger(__name__)
+
+#: Sends the scanned instances, recording each in the ledger; the error that ended it.
+Deliver = Callable[[SendLedger, list[Instance]], NetworkError | None]
 
 
 class SendMethods:
@@ -29,6 +37,11 @@ class SendMethods:
 
     last_report: SendReport | None
 
+    @property
+    def peer_label(self) -> str:
+        """The peer as named in messages and reports."""
+        raise NotImplementedError
+
     def send(
         self, source: SourceLike, *, filter_callback: FilterCallback | None = None
     ) -> SendReport:
@@ -36,6 +49,31 @@ class SendMethods:
 
     def with_overrides(self, **overrides: Any) -> Any:
         raise NotImplementedError
+
+    def _send_with(
+        self, source: SourceLike, filter_callback: FilterCallback | None, workers: int, run: Deliver
+    ) -> SendReport:
+        """The frame of every send: scan ``source`` into instances, ``run`` them, keep
+        the report in :attr:`last_report` (also when ``run`` raised), log its summary,
+        and raise the error that ended the send with the report attached."""
+        t0 = time.perf_counter()
+        instances, skipped = gather(source, filter_callback)
+        ledger = SendLedger(self.peer_label, workers)
+        ledger.report.skipped = skipped
+        ledger.report.timings.scan_s = time.perf_counter() - t0
+        try:
+            fatal = run(ledger, instances)
+        finally:
+            report = ledger.finish(time.perf_counter() - t0)
+            self.last_report = report
+        if report.nothing_to_send:
+            logger.info("nothing to send to %s (%d skipped)", self.peer_label, len(skipped))
+        else:
+            logger.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
+        if fatal is not None:
+            fatal.report = report
+            raise fatal
+        return report
 
     def _compat_send(
         self, source: SourceLike, filter_callback: FilterCallback | None, overrides: dict[str, Any]

@@ -40,13 +40,13 @@ from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .._errors import InvalidInputError
+from .._errors import InvalidInputError, NetworkError
 from .._validation import validate_ae_title, validate_port
 from ..store.records import Peer
 from .association import Association, Timeouts
 from .delivery import RetryPolicy, SendLedger, deliver
 from .dimse import VERIFICATION_SOP_CLASS
-from .instances import FilterCallback, SourceLike, gather
+from .instances import FilterCallback, Instance, SourceLike
 from .options import (
     DEFAULT_CALLED_AET,
     check_count,
@@ -257,13 +257,9 @@ class DicomSender(SendMethods):
         workers = (
             self.parallel if parallel is None else check_count(parallel, "parallel", minimum=1)
         )
-        t0 = time.perf_counter()
-        instances, skipped = gather(source, filter_callback)
-        ledger = SendLedger(self.peer_label, workers)
-        ledger.report.skipped = skipped
-        ledger.report.timings.scan_s = time.perf_counter() - t0
-        try:
-            fatal = deliver(
+
+        def run(ledger: SendLedger, instances: list[Instance]) -> NetworkError | None:
+            return deliver(
                 ledger,
                 instances,
                 workers=workers,
@@ -274,17 +270,8 @@ class DicomSender(SendMethods):
                 extra_sop_classes=self.additional_sops,
                 extra_syntaxes=self.additional_syntaxes,
             )
-        finally:
-            report = ledger.finish(time.perf_counter() - t0)
-            self.last_report = report
-        if report.nothing_to_send:
-            logger.info("nothing to send to %s (%d skipped)", self.peer_label, len(skipped))
-        else:
-            logger.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
-        if fatal is not None:
-            fatal.report = report
-            raise fatal
-        return report
+
+        return self._send_with(source, filter_callback, workers, run)
 
     def _open(self, contexts: Sequence[ProposedContext]) -> Association:
         return Association.request(

@@ -47,7 +47,7 @@ from ...store.records import Peer
 from ...store.web_endpoint import DicomWebEndpoint
 from ..delivery import RetryPolicy, SendLedger
 from ..dimse import status_dataset
-from ..instances import FilterCallback, Instance, SourceLike, gather
+from ..instances import FilterCallback, Instance, SourceLike
 from ..options import check_count, check_seconds
 from ..results import (
     STATUS_CANNOT_CONVERT,
@@ -176,32 +176,17 @@ class StowSender(SendMethods):
         """
         if parallel is not None:
             check_count(parallel, "parallel", minimum=1)
-        t0 = time.perf_counter()
-        instances, skipped = gather(source, filter_callback)
-        ledger = SendLedger(self.peer_label, 1)
-        ledger.report.skipped = skipped
-        ledger.report.timings.scan_s = time.perf_counter() - t0
-        fatal: NetworkError | None = None
-        try:
+
+        def run(ledger: SendLedger, instances: list[Instance]) -> NetworkError | None:
             sendable = []
             for inst in instances:
                 if inst.sendable:
                     sendable.append(inst)
                 else:
                     ledger.record_local(inst, STATUS_CANNOT_CONVERT, inst.error or "not readable")
-            if sendable:
-                fatal = self._send_batches(ledger, sendable)
-        finally:
-            report = ledger.finish(time.perf_counter() - t0)
-            self.last_report = report
-        if report.nothing_to_send:
-            logger.info("nothing to send to %s (%d skipped)", self.peer_label, len(skipped))
-        else:
-            logger.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
-        if fatal is not None:
-            fatal.report = report
-            raise fatal
-        return report
+            return self._send_batches(ledger, sendable) if sendable else None
+
+        return self._send_with(source, filter_callback, 1, run)
 
     def _batches(self, instances: list[Instance]) -> Iterator[list[Instance]]:
         batch: list[Instance] = []
