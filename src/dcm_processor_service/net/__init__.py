@@ -1,11 +1,22 @@
-"""Talking DICOM to a peer (PACS): sending instances with C-STORE, checking with C-ECHO.
+"""Talking DICOM to a peer (PACS): sending instances with C-STORE (or STOW-RS), checking
+with C-ECHO, and query/retrieve for a job.
 
 The public names are re-exported by the package (``dcm_processor_service.DicomSender``,
 ``SendReport``, ``InstanceResult``, ``Outcome``, ``EchoResult``). The modules, from the
 top down (each imports only those below it):
 
-* :mod:`.sender` - :class:`~.sender.DicomSender`: settings, the original's
-  ``send_dicom_from_*`` API, :meth:`~.sender.DicomSender.send` and C-ECHO;
+* :mod:`.retrieve` - ``retrieve_series``/``retrieve_study``: fetch into the session
+  through the ingest;
+* :mod:`.peer_sender` - the sender for a peer record (STOW-RS or C-STORE);
+* :mod:`.query` - ``find_studies``/``find_series``/``find_priors`` on either kind of
+  peer (QIDO-RS or C-FIND), the peer and protocol choice;
+* :mod:`.qr_dimse` - C-FIND, C-GET and C-MOVE to ourselves with pynetdicom;
+* :mod:`.dicomweb` - DICOMweb: :class:`~.dicomweb.stow.StowSender`, QIDO-RS/WADO-RS,
+  multipart bodies, credentials;
+* :mod:`.sender` - :class:`~.sender.DicomSender`: settings, :meth:`~.sender.DicomSender.send`
+  and C-ECHO;
+* :mod:`.send_api` - the original's ``send_dicom_from_*`` API and the frame of every
+  send, shared by both senders;
 * :mod:`.options` - the sender's defaults and argument checks;
 * :mod:`.delivery` - the one send loop: association groups, worker threads, retries
   with backoff, the in-doubt policy, the per-instance bookkeeping;

@@ -136,9 +136,9 @@ class StowSender(SendMethods):
 
     @property
     def peer_label(self) -> str:
-        """``name (DICOMweb URL)`` as used in messages."""
+        """``name (URL)`` (or the URL) as used in messages."""
         url = self.endpoint.url
-        return f"{self.name} (DICOMweb {url})" if self.name else f"DICOMweb {url}"
+        return f"{self.name} ({url})" if self.name else url
 
     def __repr__(self) -> str:
         return f"StowSender({self.peer_label})"
