@@ -224,7 +224,7 @@ def run_dicomweb(
             big = write_series(work / "big", max(1, big_mb * 1_000_000 // per_file))
             size = sum(p.stat().st_size for p in big) / 1e6
             print(f"\nbounded memory: {len(big)} instances, {size:.0f} MB (generated in "
-                  f"{time.perf_counter() - t:.0f} s), default batches (256 MiB per request)")  # fmt: skip
+                  f"{time.perf_counter() - t:.0f} s), default batches (at most 50 instances, 64 MiB per request)")  # fmt: skip
             r = _child({**base, "dicomweb": "stow", "folder": str(work / "big")})
             print(
                 f"  StowSender.send(): {r['send']:.1f} s, {size / r['send']:.0f} MB/s, "
