@@ -535,3 +535,19 @@ def test_multipart_reader_refuses_a_truncated_answer(tmp_path: Path) -> None:
             got.append(part.path.read_bytes())
     assert got == [b"first part"]
     assert not (tmp_path / "1").exists()  # the incomplete part is not left behind
+
+
+def test_an_unencodable_dataset_does_not_stop_its_batch(
+    tmp_path: Path, clean_orthanc: OrthancPeer, password: str
+) -> None:
+    from pydicom.uid import generate_uid
+
+    good = copy_with_new_uid(TEST_FILES / "CT_small.dcm", tmp_path)
+    bad = dcmread(TEST_FILES / "MR_small.dcm")
+    bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    with pytest.warns(UserWarning):
+        bad.add_new(0x00280010, "US", "not a number")  # Rows: pydicom cannot encode it
+    report = StowSender(_endpoint(clean_orthanc)).send([good, bad])
+    assert [r.outcome for r in report.results] == [Outcome.STORED, Outcome.NOT_SENT]
+    assert "cannot read it" in (report.results[1].error or "")
+    assert _orthanc_uids(clean_orthanc) == {str(dcmread(good).SOPInstanceUID)}

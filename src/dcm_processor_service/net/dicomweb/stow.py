@@ -36,13 +36,14 @@ import io
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 
-from ..._errors import InvalidInputError, NetworkError
+from ..._errors import DicomInputError, InvalidInputError, NetworkError
 from ...store.records import Peer
 from ...store.web_endpoint import DicomWebEndpoint
 from ..delivery import RetryPolicy, SendLedger
@@ -226,10 +227,11 @@ class StowSender(SendMethods):
         body = MultipartWriter()
         t = time.perf_counter()
         for inst in batch:
-            if inst.path is not None and inst.offset is not None:
-                body.add_file(inst.path)  # a Part 10 file: sent as stored
+            part = _part(inst)
+            if isinstance(part, bytes):
+                body.add_bytes(part)
             else:
-                body.add_bytes(_part10(inst))
+                body.add_file(part)
         ledger.add_time("convert_s", time.perf_counter() - t)
         return body
 
@@ -244,8 +246,8 @@ class StowSender(SendMethods):
         while True:
             try:
                 body = self._body(ledger, batch)
-            except Exception as exc:  # encoding a dataset failed: send the others alone
-                return self._split_unencodable(client, ledger, batch, exc)
+            except Exception as exc:  # an instance cannot be read or encoded: the others go
+                return self._drop_unreadable(client, ledger, batch, exc)
             for inst in batch:
                 inst.attempts += 1
             t = time.perf_counter()
@@ -266,6 +268,12 @@ class StowSender(SendMethods):
             except httpx.TransportError as exc:
                 went_out = went_out or body.finished
                 error = transport_error(exc, self.peer_label, in_doubt=body.finished)
+            except DicomInputError as exc:  # a file changed while its request went out
+                for inst in batch:
+                    ledger.record_local(
+                        inst, STATUS_NOT_SENT, f"not sent: request abandoned: {exc}"
+                    )
+                return None
             except NetworkError as exc:
                 if rsp.status_code in (400, 409) and _stow_json(rsp) is not None:
                     pass  # per-instance failures in the answer: read below
@@ -274,7 +282,7 @@ class StowSender(SendMethods):
             elapsed = time.perf_counter() - t
             ledger.add_time("store_s", elapsed)
             if error is None:
-                self._record_answer(ledger, batch, rsp, elapsed, went_out)
+                self._record_answer(ledger, batch, rsp, elapsed)
                 return None
             retry = error.transient and (
                 resends < self.policy.in_doubt_resends
@@ -294,21 +302,23 @@ class StowSender(SendMethods):
             time.sleep(delay)
             ledger.add_time("backoff_s", delay)
 
-    def _split_unencodable(
+    def _drop_unreadable(
         self, client: httpx.Client, ledger: SendLedger, batch: list[Instance], exc: Exception
     ) -> NetworkError | None:
-        """An instance of ``batch`` could not be encoded: record those, send the rest."""
+        """Building the body of ``batch`` failed: record the instances that cannot be
+        read or encoded as not sent, and send the others."""
         good = []
         for inst in batch:
             try:
-                if inst.path is None or inst.offset is None:
-                    _part10(inst)
+                _part(inst)
                 good.append(inst)
             except Exception as bad:
-                ledger.record_local(
-                    inst, STATUS_CANNOT_CONVERT, f"not sent: cannot encode it: {bad}"
-                )
-        logger.debug("encoding failed in a batch (%s); sending the others", exc)
+                ledger.record_local(inst, STATUS_CANNOT_CONVERT, f"not sent: cannot read it: {bad}")
+        logger.debug("a batch could not be built (%s); sending the others", exc)
+        if len(good) == len(batch):  # no single culprit: never loop
+            for inst in good:
+                ledger.record_local(inst, STATUS_CANNOT_CONVERT, f"not sent: {exc}")
+            return None
         return self._send_batch(client, ledger, good) if good else None
 
     def _record_unanswered(
@@ -332,7 +342,6 @@ class StowSender(SendMethods):
         batch: list[Instance],
         rsp: httpx.Response,
         elapsed: float,
-        went_out_before: bool,
     ) -> None:
         answer = _stow_json(rsp) or {}
         stored = {
@@ -425,8 +434,12 @@ class StowSender(SendMethods):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _part10(inst: Instance) -> bytes:
-    """The instance as a Part 10 file (a dataset, or a file without File Meta)."""
+def _part(inst: Instance) -> Path | bytes:
+    """What goes into the body for ``inst``: a Part 10 file as stored (checked to be
+    there), or the Part 10 encoding of a dataset (or of a file without File Meta)."""
+    if inst.path is not None and inst.offset is not None:
+        inst.path.stat()
+        return inst.path
     ds: Dataset = inst.dataset if inst.dataset is not None else dcmread(inst.path, force=True)  # type: ignore[arg-type]
     out = io.BytesIO()
     dcmwrite(out, ds, enforce_file_format=True)
