@@ -551,3 +551,25 @@ def test_an_unencodable_dataset_does_not_stop_its_batch(
     assert [r.outcome for r in report.results] == [Outcome.STORED, Outcome.NOT_SENT]
     assert "cannot read it" in (report.results[1].error or "")
     assert _orthanc_uids(clean_orthanc) == {str(dcmread(good).SOPInstanceUID)}
+
+
+def test_bearer_and_basic_headers_come_from_the_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc has no bearer tokens, so this checks the header itself: the token is read
+    from the reference when the client is built, and is only in that header."""
+    import base64
+
+    from dcm_processor_service.net.dicomweb.auth import auth_headers, open_client
+
+    token = tmp_path / "token"
+    token.write_text("tok-123\n")
+    bearer = DicomWebEndpoint("https://h/dicom-web", "bearer", secret=f"file:{token}")
+    assert auth_headers(bearer) == {"Authorization": "Bearer tok-123"}
+    monkeypatch.setenv("DCMPS_PW", "p:w")
+    basic = DicomWebEndpoint("http://h/dicom-web", "basic", "u", "env:DCMPS_PW")
+    assert auth_headers(basic) == {"Authorization": "Basic " + base64.b64encode(b"u:p:w").decode()}
+    assert auth_headers(DicomWebEndpoint("http://h/dicom-web")) == {}
+    with open_client(bearer) as client:
+        assert client.headers["Authorization"] == "Bearer tok-123"
+    assert "tok-123" not in repr(bearer) and "tok-123" not in json.dumps(bearer.to_dict())
