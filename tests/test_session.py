@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,53 @@ def test_corrupted_file_fails_download(job) -> None:
     corrupt_blob(session.store, record.blob_key, b"b" * 1000)
     with pytest.raises(dps.IntegrityError, match="'f'"):
         dps.download_session_file("f")
+
+
+def test_large_file_round_trip_between_files(job, tmp_path: Path) -> None:
+    """Path in, file out: the kernel-copy path of a blob folder (pieces of 8 MiB hashed
+    on the side) and the streamed path of the other providers give the same bytes and
+    the sha256 of the source."""
+    import hashlib
+
+    content = os.urandom(17 * 1024 * 1024 + 123)  # crosses two 8 MiB pieces
+    tmp_path = tmp_path / "files"
+    tmp_path.mkdir()
+    src = tmp_path / "volume.nii"
+    src.write_bytes(content)
+    dps.upload_session_file(str(src), "volume.nii")
+    info = dps.get_session_file("volume.nii")
+    assert info is not None
+    assert (info["size"], info["sha256"]) == (len(content), hashlib.sha256(content).hexdigest())
+    out = tmp_path / "out.nii"
+    out.write_bytes(b"older content that is replaced")
+    assert dps.download_session_file("volume.nii", out) == str(out)
+    assert out.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii", "volume.nii"]
+
+
+def test_upload_from_an_open_file_starts_at_its_position(job, tmp_path: Path) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(b"HEADER" + b"payload" * 1000)
+    with open(src, "rb") as handle:
+        assert handle.read(6) == b"HEADER"
+        dps.upload_session_file(handle, "payload")
+        assert handle.read() == b""  # consumed to its end, as a streamed copy leaves it
+    assert dps.download_session_file("payload").read() == b"payload" * 1000  # type: ignore[union-attr]
+
+
+def test_corrupted_file_fails_download_to_a_file(job, tmp_path: Path) -> None:
+    """A damaged blob downloaded to a file raises IntegrityError and leaves no target
+    and no temporary file behind (the kernel copy is verified before the rename)."""
+    from support.stores import corrupt_blob
+
+    tmp_path = tmp_path / "files"
+    tmp_path.mkdir()
+    dps.upload_session_file(b"a" * 100_000, "f")
+    session = dps.JobSession.current()
+    record = session.file_record("f")
+    assert record is not None
+    for damaged in (b"b" * 100_000, b"a" * 99_999):  # same size other bytes; shorter
+        corrupt_blob(session.store, record.blob_key, damaged)
+        with pytest.raises(dps.IntegrityError, match="'f'"):
+            dps.download_session_file("f", tmp_path / "f.bin")
+        assert list(tmp_path.iterdir()) == []

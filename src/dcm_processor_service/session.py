@@ -27,7 +27,7 @@ from ._errors import InvalidInputError, NotFoundError, StorageError
 from ._runtime import store_for
 from ._validation import validate_name
 from .store.base import JobRef, Store
-from .store.blobs import pump
+from .store.blobs import copy_to_file, pump
 from .store.records import FileRecord
 
 __all__ = [
@@ -209,7 +209,7 @@ class JobSession:
                 f"download target {str(target)!r} is a directory - give a file name"
             )
         with self.store.open_file(record) as reader, atomic_write(target) as out:
-            pump(reader, out.write)
+            copy_to_file(reader, out)
         return str(filename)
 
     def file_info(

@@ -48,14 +48,18 @@ from .._errors import (
 from .base import CHUNK_SIZE
 from .file_modes import private_folder
 from .garbage import GarbageReport, ReferencedKeys
+from .kernel_copy import KernelCopyUnsupported, copy_hashed, regular_file
 
 __all__ = [
     "COPY_BUFFER",
+    "BlobFileReader",
     "BlobInfo",
     "BlobStore",
     "DirectoryBlobStore",
     "VerifyingReader",
+    "check_integrity",
     "copy_stream",
+    "copy_to_file",
     "pump",
 ]
 
@@ -69,6 +73,21 @@ class BlobInfo:
     key: str
     size: int
     sha256: str
+
+
+def check_integrity(what: str, found: BlobInfo, size: int, sha256: str) -> None:
+    """Raise :class:`IntegrityError` when the bytes read (``found``: their size and
+    sha256) are not the ``size`` and ``sha256`` that were recorded."""
+    if found.size != size:
+        raise IntegrityError(
+            f"{what}: stored size is {found.size} bytes but {size} "
+            "were recorded - the stored copy is damaged"
+        )
+    if found.sha256 != sha256:
+        raise IntegrityError(
+            f"{what}: sha256 {found.sha256} does not match the recorded {sha256} "
+            "- the stored copy is damaged"
+        )
 
 
 class VerifyingReader(io.RawIOBase):
@@ -108,17 +127,12 @@ class VerifyingReader(io.RawIOBase):
         if self._verified:
             return
         self._verified = True
-        if self._seen != self._expected_size:
-            raise IntegrityError(
-                f"{self._what}: stored size is {self._seen} bytes but {self._expected_size} "
-                "were recorded - the stored copy is damaged"
-            )
-        digest = self._hash.hexdigest()
-        if digest != self._expected_sha:
-            raise IntegrityError(
-                f"{self._what}: sha256 {digest} does not match the recorded {self._expected_sha} "
-                "- the stored copy is damaged"
-            )
+        check_integrity(
+            self._what,
+            BlobInfo("", self._seen, self._hash.hexdigest()),
+            self._expected_size,
+            self._expected_sha,
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -194,6 +208,50 @@ def pump(reader: BinaryIO, write: Any, chunk_size: int = COPY_BUFFER) -> int:
         write(view[:n])
         total += n
     return total
+
+
+def copy_to_file(reader: BinaryIO, out: BinaryIO) -> int:
+    """Copy a blob ``reader`` (from :meth:`BlobStore.open`) into the file ``out``; return
+    the number of bytes. A blob file copied into a regular file is copied by the kernel
+    and verified on the side (:class:`BlobFileReader`); anything else is pumped
+    through one buffer."""
+    copy_into = getattr(reader, "copy_into", None)
+    if copy_into is not None:
+        copied: int | None = copy_into(out)
+        if copied is not None:
+            return copied
+    return pump(reader, out.write)
+
+
+class BlobFileReader(io.BufferedReader):
+    """The verifying reader of a blob kept as a file: reads verify as
+    :class:`VerifyingReader` does, and :meth:`copy_into` lets the kernel copy the whole
+    blob into another file while its sha256 is checked in a helper thread."""
+
+    def __init__(self, raw: io.FileIO, info: BlobInfo, what: str) -> None:
+        super().__init__(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)  # type: ignore[arg-type]
+        self._blob_fd = raw.fileno()
+        self._info = info
+        self._what = what
+
+    def copy_into(self, out: BinaryIO) -> int | None:
+        """Copy the whole blob into ``out`` at its position, verified; ``None`` (nothing
+        done) when this reader was read from already, ``out`` is not a regular file, or
+        the kernel cannot copy between them."""
+        out_fd = regular_file(out)
+        if out_fd is None or os.lseek(self._blob_fd, 0, os.SEEK_CUR) != 0:
+            return None
+        out.flush()
+        start = out.tell()
+        try:
+            size, sha = copy_hashed(self._blob_fd, 0, out_fd, start, hash_fd=self._blob_fd)
+        except KernelCopyUnsupported:
+            return None
+        check_integrity(
+            self._what, BlobInfo(self._info.key, size, sha), self._info.size, self._info.sha256
+        )
+        out.seek(start + size)
+        return size
 
 
 class BlobStore(abc.ABC):
@@ -290,7 +348,7 @@ class DirectoryBlobStore(BlobStore):
             key = uuid.uuid4().hex
             part = self._tmp / f"{key}.part"
             try:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 raise self._error(exc, "create a file") from exc
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -318,8 +376,7 @@ class DirectoryBlobStore(BlobStore):
                     except OSError as exc:
                         raise self._error(exc, "write a file") from exc
 
-                # errors of the source pass through as they are (not the store's)
-                size, sha = copy_stream(source, write)
+                size, sha = self._fill(source, fd, write)
                 try:
                     out.flush()
                     if self.fsync:
@@ -343,6 +400,25 @@ class DirectoryBlobStore(BlobStore):
         finally:
             os.close(fd)  # releases the lock: the record is committed (or the blob gone)
 
+    def _fill(self, source: BinaryIO, fd: int, write: Any) -> tuple[int, str]:
+        """Copy ``source`` into the new blob file ``fd``; (size, sha256) of the bytes
+        stored. A regular file is copied by the kernel and the copy hashed (see
+        :mod:`.kernel_copy`); other streams go through :func:`copy_stream`, whose
+        errors of the source pass through as they are (not the store's)."""
+        source_fd = regular_file(source)
+        if source_fd is not None:
+            start = source.tell()
+            try:
+                size, sha = copy_hashed(source_fd, start, fd, 0, hash_fd=fd)
+            except KernelCopyUnsupported:
+                pass
+            except OSError as exc:
+                raise self._error(exc, "copy a file") from exc
+            else:
+                source.seek(start + size)
+                return size, sha
+        return copy_stream(source, write)
+
     def open(self, info: BlobInfo, what: str) -> BinaryIO:
         path = self.path(info.key)
         try:
@@ -351,7 +427,7 @@ class DirectoryBlobStore(BlobStore):
             raise NotFoundError(f"{what}: stored bytes are missing ({path})") from None
         except OSError as exc:
             raise self._error(exc, f"read {path.name}") from exc
-        return io.BufferedReader(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)
+        return BlobFileReader(raw, info, what)
 
     def delete(self, key: str) -> None:
         try:

@@ -25,7 +25,9 @@ the same row fails with a serialization error and is retried as a whole by
 (``INSERT ... ON CONFLICT``) make concurrent writers of one key converge: the last
 commit wins, no duplicate row, no unique violation reaches the caller. A dropped
 connection (server restart, admin shutdown, network) is retried the same way - every
-unit of work of the shared SQL is idempotent.
+unit of work of the shared SQL is idempotent. A unit that is one statement (a read, a
+session-data upsert) runs in autocommit mode instead: the statement is its own
+transaction, and it costs one round trip instead of three (``BEGIN``, it, ``COMMIT``).
 
 The pool is created lazily in each process that uses the store (a forked child opens
 its own; it never touches its parent's sockets). The schema is created/upgraded on first
@@ -338,7 +340,7 @@ class PostgreSQLStore(SQLStore):
             return pool
 
     @contextlib.contextmanager
-    def _transaction(self, write: bool) -> Iterator[Tx]:
+    def _transaction(self, write: bool, single: bool = False) -> Iterator[Tx]:
         pool = self._get_pool()
         try:
             conn = pool.getconn()
@@ -356,15 +358,16 @@ class PostgreSQLStore(SQLStore):
         except PoolClosed as exc:
             raise StorageError(f"{self.describe()} is closed") from exc
         try:
-            tx = _PgTx(conn, _BEGIN_WRITE if write else _BEGIN_READ)
+            # single: one statement in autocommit mode (its own transaction, one round trip)
+            tx = _PgTx(conn, None if single else _BEGIN_WRITE if write else _BEGIN_READ)
             try:
                 yield tx
             except BaseException:
-                if tx.begun and not conn.closed:
+                if tx.begun and not single and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
-            if tx.begun:
+            if tx.begun and not single:
                 conn.execute("COMMIT")
         except psycopg.Error as exc:
             if conn.broken or _is_connection_error(exc):

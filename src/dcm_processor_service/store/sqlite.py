@@ -123,8 +123,11 @@ class SQLiteStore(SQLStore):
                 time.sleep(0.01)
 
     @contextlib.contextmanager
-    def _transaction(self, write: bool) -> Iterator[Tx]:
+    def _transaction(self, write: bool, single: bool = False) -> Iterator[Tx]:
         conn = self._connection()
+        if single:  # autocommit: the one statement is its own transaction
+            yield _SQLiteTx(conn)
+            return
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield _SQLiteTx(conn)

@@ -98,8 +98,12 @@ class SQLCore(Store):
 
     # --------------------------------------------------------------- dialect
     @abc.abstractmethod
-    def _transaction(self, write: bool) -> contextlib.AbstractContextManager[Tx]:
-        """A transaction that commits on success and rolls back on error."""
+    def _transaction(
+        self, write: bool, single: bool = False
+    ) -> contextlib.AbstractContextManager[Tx]:
+        """A transaction that commits on success and rolls back on error. ``single``:
+        the work is one statement, atomic on its own - it runs without ``BEGIN`` and
+        ``COMMIT`` (two fewer round trips to a server)."""
 
     @abc.abstractmethod
     def _is_transient(self, exc: BaseException) -> bool:
@@ -109,12 +113,13 @@ class SQLCore(Store):
     def _translate(self, exc: BaseException) -> StorageError:
         """A package error for a driver error that was not transient."""
 
-    def _run(self, work: Callable[[Tx], T], *, write: bool = True) -> T:
-        """Run ``work`` in a transaction, retrying transient failures with backoff."""
+    def _run(self, work: Callable[[Tx], T], *, write: bool = True, single: bool = False) -> T:
+        """Run ``work`` in a transaction, retrying transient failures with backoff.
+        ``single``: ``work`` runs exactly one statement (see :meth:`_transaction`)."""
         delay = 0.005
         for attempt in range(1, self.max_attempts + 1):
             try:
-                with self._transaction(write) as tx:
+                with self._transaction(write, single) as tx:
                     return work(tx)
             except StorageError:
                 raise

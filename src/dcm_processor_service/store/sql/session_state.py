@@ -103,12 +103,12 @@ class SQLSessionState(SQLRecordBlobs):
     """The session half of the SQL store."""
 
     def _read_one(self, sql: str, params: list[Any] | tuple[Any, ...]) -> dict[str, Any] | None:
-        """The first row of a read-only query."""
-        return self._run(lambda tx: tx.one(sql, params), write=False)
+        """The first row of a read-only query (one statement: no BEGIN/COMMIT)."""
+        return self._run(lambda tx: tx.one(sql, params), write=False, single=True)
 
     def _read_all(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Every row of a read-only query."""
-        return self._run(lambda tx: tx.query(sql, params), write=False)
+        """Every row of a read-only query (one statement: no BEGIN/COMMIT)."""
+        return self._run(lambda tx: tx.query(sql, params), write=False, single=True)
 
     # -------------------------------------------------------------- sessions
     def ensure_session(
@@ -286,7 +286,8 @@ class SQLSessionState(SQLRecordBlobs):
                     now,
                     now,
                 ),
-            )
+            ),
+            single=True,
         )
 
     def get_data(self, ref: JobRef, name: str) -> str | None:
