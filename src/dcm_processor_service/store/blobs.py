@@ -229,7 +229,7 @@ class BlobFileReader(io.BufferedReader):
     blob into another file while its sha256 is checked in a helper thread."""
 
     def __init__(self, raw: io.FileIO, info: BlobInfo, what: str) -> None:
-        super().__init__(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)  # type: ignore[arg-type]
+        super().__init__(VerifyingReader(raw, info.size, info.sha256, what), CHUNK_SIZE)
         self._blob_fd = raw.fileno()
         self._info = info
         self._what = what
