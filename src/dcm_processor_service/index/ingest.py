@@ -39,9 +39,17 @@ Bad input never stops an ingest half-way: non-DICOM, truncated
 required UID, FIFOs and broken links each become one ``(path, reason)`` entry of
 :attr:`IngestReport.failed` while every good file is stored. DICOMDIR files met while
 walking a folder and hidden entries (names starting with ``.``) are *skipped*
-(:attr:`IngestReport.skipped`), not failures. Each instance is stored in one
-transaction, so a crash leaves whole instances only. Errors of the *store* itself (disk
+(:attr:`IngestReport.skipped`), not failures. Errors of the *store* itself (disk
 full, database down) are not per-file problems: they propagate.
+
+Group commit: instances are filed in batches (``batch_size``, default
+:data:`BATCH_SIZE`): the bytes of each instance are written as it is read, then the
+whole batch is flushed to disk at once and its records are committed in one
+transaction (:meth:`Store.instance_batch
+<dcm_processor_service.store.Store.instance_batch>`). An instance is reported stored
+only once its batch is committed, so a crash at any moment - even during the call -
+loses nothing that was reported stored, and leaves whole instances only (an
+uncommitted batch's bytes are garbage the store's collection removes).
 
 Memory does not grow with the number of files: files are read one at a time (header with
 ``stop_before_pixels``, then streamed), and no dataset is kept. The report keeps one small
@@ -80,11 +88,14 @@ from ..sources import (
     read_header,
 )
 from ..store.base import Store
+from ..store.instance_batch import InstanceBatch
 from ..store.records import InstanceInput, InstanceRecord
 from .metadata import HEADER_KEYWORDS, instance_input
 from .verify import check_structure
 
 __all__ = [
+    "BATCH_BYTES",
+    "BATCH_SIZE",
     "IngestConflict",
     "IngestFailure",
     "IngestOutcome",
@@ -97,6 +108,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Instances per group commit (``batch_size`` of :func:`ingest`): large enough that
+#: one flush and one transaction cost little per instance, small enough that progress
+#: is reported often.
+BATCH_SIZE = 64
+#: A batch also ends once this many bytes were added to it.
+BATCH_BYTES = 64 * 1024 * 1024
 
 
 # ----------------------------------------------------------------------- outcomes
@@ -271,18 +289,66 @@ class _SourceReader:
 
 
 # ---------------------------------------------------------------------- ingest
+class _Added(NamedTuple):
+    """An instance added to the open batch: its outcome is known once the batch commits."""
+
+    path: str
+    expected_size: int | None
+    """The source file's size when it was read (``None`` for an encoded dataset)."""
+    size: int
+
+
 class _Ingestor:
-    def __init__(self, store: Store, peer_id: str | None, session_id: str | None) -> None:
-        self.store = store
+    def __init__(
+        self,
+        batch: InstanceBatch,
+        peer_id: str | None,
+        session_id: str | None,
+        batch_size: int,
+    ) -> None:
+        self.batch = batch
         self.peer_id = peer_id
         self.session_id = session_id
+        self.batch_size = batch_size
         self.inputs = Inputs()
         self.n_datasets = 0
+        self._waiting: list[IngestOutcome | _Added] = []  # in input order
+        self._batch_bytes = 0
 
     def run(self, source: Any) -> Iterator[IngestOutcome]:
-        yield from self._entries(self.inputs.expand(source))
+        """The outcomes in input order; a stored instance is reported once its batch is
+        committed (so every :class:`StoredInstance` seen is durably stored)."""
+        for outcome in self._entries(self.inputs.expand(source)):
+            self._waiting.append(outcome)
+            if isinstance(outcome, _Added):
+                self._batch_bytes += outcome.size
+                if self.batch.pending >= self.batch_size or self._batch_bytes >= BATCH_BYTES:
+                    yield from self._commit()
+            elif not self.batch.pending:
+                yield from self._commit()  # nothing to wait for: report it now
+        yield from self._commit()
 
-    def _entries(self, entries: Iterable[Any]) -> Iterator[IngestOutcome]:
+    def _commit(self) -> Iterator[IngestOutcome]:
+        results = iter(self.batch.commit())
+        waiting, self._waiting, self._batch_bytes = self._waiting, [], 0
+        for item in waiting:
+            if not isinstance(item, _Added):
+                yield item
+                continue
+            result = next(results)
+            if isinstance(result, PatientConflictError):
+                yield IngestConflict(item.path, str(result))
+                continue
+            if item.expected_size is not None and int(result["Size"]) != item.expected_size:
+                logger.warning(
+                    "%s changed while it was ingested (%d -> %d bytes)",
+                    item.path,
+                    item.expected_size,
+                    result["Size"],
+                )
+            yield self._stored(item.path, result)
+
+    def _entries(self, entries: Iterable[Any]) -> Iterator[IngestOutcome | _Added]:
         for entry in entries:
             if isinstance(entry, Skipped):
                 yield IngestSkip(entry.path, entry.reason)
@@ -307,7 +373,7 @@ class _Ingestor:
         )
         return stored
 
-    def dataset(self, ds: Dataset) -> IngestOutcome:
+    def dataset(self, ds: Dataset) -> IngestOutcome | _Added:
         self.n_datasets += 1
         filename = getattr(ds, "filename", None)
         label = f"<dataset #{self.n_datasets}" + (
@@ -325,13 +391,11 @@ class _Ingestor:
             return IngestFailure(label, f"cannot encode the dataset ({type(exc).__name__}: {exc})")
         if ts != inp.transfer_syntax_uid:
             inp = _replace_ts(inp, ts)
-        try:
-            record = self.store.put_instance(inp, cast(BinaryIO, buffer))
-        except PatientConflictError as exc:
-            return IngestConflict(label, str(exc))
-        return self._stored(label, record)
+        size = buffer.getbuffer().nbytes
+        self.batch.add(inp, cast(BinaryIO, buffer))
+        return _Added(label, None, size)
 
-    def file(self, item: InputFile) -> Iterator[IngestOutcome]:
+    def file(self, item: InputFile) -> Iterator[IngestOutcome | _Added]:
         try:
             fh = open(item.path, "rb")  # noqa: SIM115 - closed below
         except PermissionError:
@@ -347,7 +411,7 @@ class _Ingestor:
         else:
             yield outcome
 
-    def _file(self, item: InputFile, fh: BinaryIO) -> IngestOutcome | Dataset:
+    def _file(self, item: InputFile, fh: BinaryIO) -> IngestOutcome | _Added | Dataset:
         path = item.path
         try:
             st = os.fstat(fh.fileno())
@@ -379,19 +443,10 @@ class _Ingestor:
         # Errors of the store (disk full, database down) are not about this file: they
         # propagate. Only failures to read the source are reported for the file.
         try:
-            record = self.store.put_instance(inp, cast(BinaryIO, source))
+            self.batch.add(inp, cast(BinaryIO, source))
         except _SourceReadError as exc:
             return IngestFailure(path, f"read error: {exc}")
-        except PatientConflictError as exc:
-            return IngestConflict(path, str(exc))
-        if part10 and int(record["Size"]) != st.st_size:
-            logger.warning(
-                "%s changed while it was ingested (%d -> %d bytes)",
-                path,
-                st.st_size,
-                record["Size"],
-            )
-        return self._stored(path, record)
+        return _Added(path, st.st_size if part10 else None, st.st_size)
 
 
 def _replace_ts(inp: InstanceInput, ts: str) -> InstanceInput:
@@ -412,16 +467,24 @@ def iter_ingest(
     store: Store | None = None,
     peer_id: str | None = None,
     session_id: str | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> Iterator[IngestOutcome]:
     """Ingest ``source`` lazily, yielding one outcome per entry: a
     :class:`StoredInstance`, an :class:`IngestFailure` or an :class:`IngestSkip`.
 
     Same arguments and rules as :func:`ingest` (the arguments are checked at once, the
     files as the iterator is consumed); use it to show progress, or to ingest millions of
-    files without keeping a report.
+    files without keeping a report. Outcomes come in input order, a batch at a time: a
+    :class:`StoredInstance` is yielded once its batch is committed, so what was yielded
+    is stored durably; stopping the iteration early discards the open batch (up to
+    ``batch_size`` instances that were never reported stored).
     """
     _check_id(peer_id, "peer_id")
     _check_id(session_id, "session_id")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(
+            f"invalid batch_size {batch_size!r} - must be a whole number of instances, at least 1"
+        )
     if isinstance(source, (str, os.PathLike)):
         if not os.path.lexists(source):
             raise InvalidInputError(f"cannot ingest {os.fspath(source)!r}: no such file or folder")
@@ -432,16 +495,18 @@ def iter_ingest(
             f"invalid ingest source {source!r:.80} - give a folder, a file, a DICOMDIR, a pydicom "
             "Dataset or FileSet, or a list of those"
         )
-    return _run(source, store if store is not None else store_for(), peer_id, session_id)
+    store = store if store is not None else store_for()
+    return _run(source, store, peer_id, session_id, batch_size)
 
 
 def _run(
-    source: Any, store: Store, peer_id: str | None, session_id: str | None
+    source: Any, store: Store, peer_id: str | None, session_id: str | None, batch_size: int
 ) -> Iterator[IngestOutcome]:
-    for outcome in _Ingestor(store, peer_id, session_id).run(source):
-        if isinstance(outcome, IngestFailure):
-            logger.warning("not ingested: %s: %s", outcome.path, outcome.reason)
-        yield outcome
+    with store.instance_batch() as batch:
+        for outcome in _Ingestor(batch, peer_id, session_id, batch_size).run(source):
+            if isinstance(outcome, IngestFailure):
+                logger.warning("not ingested: %s: %s", outcome.path, outcome.reason)
+            yield outcome
 
 
 def ingest(
@@ -450,6 +515,7 @@ def ingest(
     store: Store | None = None,
     peer_id: str | None = None,
     session_id: str | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> IngestReport:
     """File DICOM instances into the store's index and return an :class:`IngestReport`.
 
@@ -464,10 +530,17 @@ def ingest(
     that does not exist raises :class:`InvalidInputError`, and store errors propagate.
     The same file reached twice in one call (e.g. a DICOMDIR and its folder) is ingested
     once.
+
+    ``batch_size``: instances filed together (group commit: their bytes flushed to disk
+    together and their records committed in one transaction, which is what makes an
+    ingest fast); a batch also ends at :data:`BATCH_BYTES`. When this returns, every
+    instance in :attr:`IngestReport.stored` is stored durably.
     """
     started = time.perf_counter()
     report = IngestReport()
-    for outcome in iter_ingest(source, store=store, peer_id=peer_id, session_id=session_id):
+    for outcome in iter_ingest(
+        source, store=store, peer_id=peer_id, session_id=session_id, batch_size=batch_size
+    ):
         report.add(outcome)
     report.elapsed_s = time.perf_counter() - started
     logger.info("ingest: %s in %.2f s", report.summary(), report.elapsed_s)

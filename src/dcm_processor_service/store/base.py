@@ -20,6 +20,7 @@ a reader that verifies size and sha256 when it reaches the end and raises
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from typing import Any, BinaryIO, ClassVar
 
 from .._errors import NotFoundError, StorageError
 from .garbage import GarbageReport
+from .instance_batch import InstanceBatch, OneByOneBatch
 from .records import (
     DataRecord,
     FileRecord,
@@ -260,6 +262,13 @@ class Store(abc.ABC):
         """Store the instance's bytes and file it under patient → study → series in
         one transaction. The same SOPInstanceUID again replaces (never duplicates).
         Returns the instance record."""
+
+    @contextlib.contextmanager
+    def instance_batch(self) -> Iterator[InstanceBatch]:
+        """A batch that files many instances with one flush and one transaction
+        (group commit, see :mod:`.instance_batch`); what was not committed when the
+        block ends is discarded. This default files each instance as it is added."""
+        yield OneByOneBatch(self)
 
     @abc.abstractmethod
     def get_instance(self, instance_id: str) -> InstanceRecord:

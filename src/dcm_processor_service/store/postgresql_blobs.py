@@ -197,7 +197,7 @@ class PostgresBlobStore(BlobStore):
         return self._write(uuid.uuid4().hex, source)
 
     @contextlib.contextmanager
-    def writing(self, source: BinaryIO) -> Iterator[BlobInfo]:
+    def writing(self, source: BinaryIO, *, durable: bool = True) -> Iterator[BlobInfo]:
         key = uuid.uuid4().hex
         self.leases.hold(key)
         try:

@@ -113,6 +113,11 @@ class SQLCore(Store):
     def _translate(self, exc: BaseException) -> StorageError:
         """A package error for a driver error that was not transient."""
 
+    def _run_durable(self, work: Callable[[Tx], T]) -> T:
+        """:meth:`_run` a write whose commit must survive a crash of the machine when it
+        returns (a group commit's records). Server databases commit durably anyway."""
+        return self._run(work)
+
     def _run(self, work: Callable[[Tx], T], *, write: bool = True, single: bool = False) -> T:
         """Run ``work`` in a transaction, retrying transient failures with backoff.
         ``single``: ``work`` runs exactly one statement (see :meth:`_transaction`)."""

@@ -2,7 +2,8 @@
 and removing what a session's ingest filed.
 
 An instance is filed in one transaction with its patient, study and series rows
-(upserts keyed by PatientUID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID); an
+(upserts keyed by PatientUID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) - or
+a batch of instances in one transaction (group commit, :mod:`.group_commit`); an
 instance, series or study already filed under another patient is refused
 (:class:`~dcm_processor_service.PatientConflictError`). The series, study and patient
 records are read through one table (:mod:`.index_records`).
@@ -10,20 +11,43 @@ records are read through one table (:mod:`.index_records`).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ..._errors import PatientConflictError
 from ..blobs import BlobInfo
+from ..instance_batch import BatchResult, InstanceBatch
 from ..record_values import patient_identity
 from ..records import InstanceInput, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
 from ..slice_order import sort_instances
 from .core import Tx, dumps, new_id, now_text
+from .group_commit import SQLInstanceBatch
 from .index_records import PATIENTS, SERIES, STUDIES, Level, RecordT, instance_record, read_records
 from .session_state import SQLSessionState
 
 __all__ = ["SQLDicomIndex"]
+
+
+def _upsert(tx: Tx, now: str, table: str, key_col: str, key: str, cols: dict[str, Any]) -> str:
+    """Insert or update the row of ``table`` whose ``key_col`` is ``key``; its id."""
+    names = [key_col, *cols]
+    # a re-ingest without a peer/session keeps the ones already recorded
+    updates = ", ".join(
+        f"{c} = COALESCE(excluded.{c}, {table}.{c})"
+        if c in ("peer_id", "session_id")
+        else f"{c} = excluded.{c}"
+        for c in cols
+    )
+    row = tx.row(
+        f"INSERT INTO {table} (id, {', '.join(names)}, created_at, updated_at)"
+        f" VALUES (?, {', '.join('?' for _ in names)}, ?, ?)"
+        f" ON CONFLICT ({key_col}) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+        " RETURNING id",
+        (new_id(), key, *cols.values(), now, now),
+    )
+    return str(row["id"])
 
 
 class SQLDicomIndex(SQLSessionState):
@@ -31,90 +55,106 @@ class SQLDicomIndex(SQLSessionState):
 
     # ---------------------------------------------------------------- filing
     def put_instance(self, instance: InstanceInput, source: BinaryIO) -> InstanceRecord:
-        inp = instance
+        return self._put_with_blob(source, lambda tx, blob: self._file_instance(tx, instance, blob))
 
-        def upsert(
-            tx: Tx, now: str, table: str, key_col: str, key: str, cols: dict[str, Any]
-        ) -> str:
-            names = [key_col, *cols]
-            # a re-ingest without a peer/session keeps the ones already recorded
-            updates = ", ".join(
-                f"{c} = COALESCE(excluded.{c}, {table}.{c})"
-                if c in ("peer_id", "session_id")
-                else f"{c} = excluded.{c}"
-                for c in cols
-            )
-            row = tx.row(
-                f"INSERT INTO {table} (id, {', '.join(names)}, created_at, updated_at)"
-                f" VALUES (?, {', '.join('?' for _ in names)}, ?, ?)"
-                f" ON CONFLICT ({key_col}) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
-                " RETURNING id",
-                (new_id(), key, *cols.values(), now, now),
-            )
-            return str(row["id"])
+    @contextlib.contextmanager
+    def instance_batch(self) -> Iterator[InstanceBatch]:
+        batch = SQLInstanceBatch(self)
+        try:
+            yield batch
+        finally:
+            batch.discard()
 
-        def work(tx: Tx, blob: BlobInfo) -> tuple[InstanceRecord, str | None]:
-            now = now_text()
-            self._refuse_other_patient(tx, inp)
-            patient_id = upsert(
-                tx,
-                now,
-                "patients",
-                "patient_uid",
-                inp.patient_uid,
-                {"peer_id": inp.peer_id, "meta": dumps(inp.patient_meta)},
-            )
-            study_id = upsert(
-                tx,
-                now,
-                "studies",
-                "study_uid",
-                inp.study_instance_uid,
-                {"patient_id": patient_id, "peer_id": inp.peer_id, "meta": dumps(inp.study_meta)},
-            )
-            series_id = upsert(
-                tx,
-                now,
-                "series",
-                "series_uid",
-                inp.series_instance_uid,
-                {
-                    "study_id": study_id,
-                    "patient_id": patient_id,
-                    "peer_id": inp.peer_id,
-                    "modality": inp.modality,
-                    "meta": dumps(inp.series_meta),
-                },
-            )
-            old = tx.one(
-                "SELECT blob_key, series_id FROM instances WHERE sop_uid = ?" + self.for_update,
-                (inp.sop_instance_uid,),
-            )
-            upsert(
-                tx,
-                now,
-                "instances",
-                "sop_uid",
-                inp.sop_instance_uid,
-                {
-                    "series_id": series_id,
-                    "sop_class_uid": inp.sop_class_uid,
-                    "transfer_syntax_uid": inp.transfer_syntax_uid,
-                    "meta": dumps(inp.instance_meta),
-                    "size": blob.size,
-                    "sha256": blob.sha256,
-                    "blob_key": blob.key,
-                    "peer_id": inp.peer_id,
-                    "session_id": inp.session_id,
-                },
-            )
-            if old and old["series_id"] != series_id:
-                # the instance moved to another series: drop what it left empty
-                self._prune_empty(tx, [old["series_id"]])
-            row = tx.row("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
-            return instance_record(row, inp.series_instance_uid), (old["blob_key"] if old else None)
+    def _file_batch(
+        self, items: Sequence[tuple[InstanceInput, BlobInfo]]
+    ) -> tuple[list[BatchResult], list[str]]:
+        """File every instance of ``items`` (their blobs are written and durable) in one
+        transaction, committed durably; return the result per item and the blobs the
+        records pointed at before (to delete once committed)."""
 
-        return self._put_with_blob(source, work)
+        def unit(tx: Tx) -> tuple[list[BatchResult], list[str]]:
+            results: list[BatchResult] = []
+            replaced: list[str] = []
+            for inp, blob in items:
+                self._confirm_blob(tx, blob.key)
+                try:
+                    # refused before anything of this instance is written
+                    record, old_key = self._file_instance(tx, inp, blob)
+                except PatientConflictError as exc:
+                    results.append(exc)
+                    continue
+                results.append(record)
+                if old_key and old_key != blob.key:
+                    replaced.append(old_key)
+            return results, replaced
+
+        return self._run_durable(unit)
+
+    def _file_instance(
+        self, tx: Tx, inp: InstanceInput, blob: BlobInfo
+    ) -> tuple[InstanceRecord, str | None]:
+        """File one instance whose bytes are ``blob`` under its patient, study and series
+        in transaction ``tx``; return its record and the blob it pointed at before.
+        Raises :class:`PatientConflictError` before writing anything."""
+        now = now_text()
+        self._refuse_other_patient(tx, inp)
+        patient_id = _upsert(
+            tx,
+            now,
+            "patients",
+            "patient_uid",
+            inp.patient_uid,
+            {"peer_id": inp.peer_id, "meta": dumps(inp.patient_meta)},
+        )
+        study_id = _upsert(
+            tx,
+            now,
+            "studies",
+            "study_uid",
+            inp.study_instance_uid,
+            {"patient_id": patient_id, "peer_id": inp.peer_id, "meta": dumps(inp.study_meta)},
+        )
+        series_id = _upsert(
+            tx,
+            now,
+            "series",
+            "series_uid",
+            inp.series_instance_uid,
+            {
+                "study_id": study_id,
+                "patient_id": patient_id,
+                "peer_id": inp.peer_id,
+                "modality": inp.modality,
+                "meta": dumps(inp.series_meta),
+            },
+        )
+        old = tx.one(
+            "SELECT blob_key, series_id FROM instances WHERE sop_uid = ?" + self.for_update,
+            (inp.sop_instance_uid,),
+        )
+        _upsert(
+            tx,
+            now,
+            "instances",
+            "sop_uid",
+            inp.sop_instance_uid,
+            {
+                "series_id": series_id,
+                "sop_class_uid": inp.sop_class_uid,
+                "transfer_syntax_uid": inp.transfer_syntax_uid,
+                "meta": dumps(inp.instance_meta),
+                "size": blob.size,
+                "sha256": blob.sha256,
+                "blob_key": blob.key,
+                "peer_id": inp.peer_id,
+                "session_id": inp.session_id,
+            },
+        )
+        if old and old["series_id"] != series_id:
+            # the instance moved to another series: drop what it left empty
+            self._prune_empty(tx, [old["series_id"]])
+        row = tx.row("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
+        return instance_record(row, inp.series_instance_uid), (old["blob_key"] if old else None)
 
     @staticmethod
     def _refuse_other_patient(tx: Tx, inp: InstanceInput) -> None:

@@ -44,9 +44,7 @@ class SQLRecordBlobs(SQLCore):
         and returns (result, the blob the record pointed at before) - in a retried
         transaction while the blob is held (garbage collection leaves it alone; a failed
         ``work`` deletes it), then delete the replaced blob."""
-        if not self._swept:
-            self._swept = True
-            self._sweep_first_write()
+        self._before_first_write()
         with self.blobs.writing(source) as blob:
 
             def unit(tx: Tx) -> tuple[T, str | None]:
@@ -57,6 +55,12 @@ class SQLRecordBlobs(SQLCore):
         if old_key and old_key != blob.key:
             self.blobs.delete(old_key)
         return result
+
+    def _before_first_write(self) -> None:
+        """On this store object's first blob write: sweep leftovers of dead writers."""
+        if not self._swept:
+            self._swept = True
+            self._sweep_first_write()
 
     def _confirm_blob(self, tx: Tx, key: str) -> None:
         """Hook: check, inside the record's transaction, that blob ``key`` is still there
