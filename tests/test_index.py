@@ -411,6 +411,23 @@ def test_get_series_dicom_errors(store: Store, tmp_path: Path) -> None:
         get_series_dicom("", store=store)
 
 
+def test_get_series_dicom_damaged_instance_raises(store: Store) -> None:
+    """The instances read ahead in a helper thread are verified like the others: a
+    damaged one (here the fourth of five) raises IntegrityError naming it."""
+    from dcm_processor_service import IntegrityError
+    from support.stores import corrupt_blob
+
+    series_id = ingest(test_file(CT5N), store=store).series_ids[0]
+    records = store.list_instances(series_id)
+    damaged = records[3]
+    blobs = getattr(store, "dicom", None) if store.provider == "mongodb" else None
+    with store.open_instance(damaged) as reader:
+        size = len(reader.read())
+    corrupt_blob(store, damaged["BlobKey"], b"\0" * size, blobs)
+    with pytest.raises(IntegrityError, match=damaged["SOPInstanceUID"]):
+        get_series_dicom(series_id, store=store)
+
+
 @pytest.mark.parametrize(
     ("orientation", "label"),
     [
