@@ -94,9 +94,10 @@ def folder(tmp_path: Path) -> Path:
 def test_killed_with_a_batch_open_loses_nothing_reported(
     store_url: tuple[str, str, str], folder: Path, tmp_path: Path
 ) -> None:
-    """Two batches committed and reported, a third one half added when the process is
-    killed: exactly the reported instances are filed; the open batch's bytes are
-    garbage the collection removes; a new ingest completes the series."""
+    """Killed while a third batch is half added (the second may be committing in the
+    helper thread, so it is reported or not yet): every reported instance is filed;
+    only whole batches are visible, never the open one; the bytes of what was not
+    committed are garbage the collection removes; a new ingest completes the series."""
     requires_shared_server(store_url[0])
     pause_at = 2 * BATCH + 2
     proc = _start(store_url, folder, tmp_path, pause_at)
@@ -115,12 +116,13 @@ def test_killed_with_a_batch_open_loses_nothing_reported(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert len(reported) == 2 * BATCH
+    assert len(reported) in (BATCH, 2 * BATCH)  # the first batch, and the second if done
     store = open_store(*store_url)
     try:
-        assert _check_store(store, reported) == 2 * BATCH  # nothing of the open batch
+        visible = _check_store(store, reported)
+        assert visible in (BATCH, 2 * BATCH) and visible >= len(reported)
         garbage = store.collect_garbage()
-        assert garbage.items == pause_at - 2 * BATCH, garbage.summary()
+        assert garbage.items == pause_at - visible, garbage.summary()
         report = ingest(folder, store=store)
         assert report.ok and report.n_stored == N_FILES
         assert _check_store(store, {s.sop_instance_uid: s.path for s in report.stored}) == N_FILES

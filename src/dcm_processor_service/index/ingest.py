@@ -46,7 +46,8 @@ Group commit: instances are filed in batches (``batch_size``, default
 :data:`BATCH_SIZE`): the bytes of each instance are written as it is read, then the
 whole batch is flushed to disk at once and its records are committed in one
 transaction (:meth:`Store.instance_batch
-<dcm_processor_service.store.Store.instance_batch>`). An instance is reported stored
+<dcm_processor_service.store.Store.instance_batch>`) by a helper thread, while the next
+batch is read. An instance is reported stored
 only once its batch is committed, so a crash at any moment - even during the call -
 loses nothing that was reported stored, and leaves whole instances only (an
 uncommitted batch's bytes are garbage the store's collection removes).
@@ -66,6 +67,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple, cast
 
@@ -88,7 +90,7 @@ from ..sources import (
     read_header,
 )
 from ..store.base import Store
-from ..store.instance_batch import InstanceBatch
+from ..store.instance_batch import BatchResult, InstanceBatch
 from ..store.records import InstanceInput, InstanceRecord
 from .metadata import HEADER_KEYWORDS, instance_input
 from .verify import check_structure
@@ -298,15 +300,26 @@ class _Added(NamedTuple):
     size: int
 
 
+class _Commit(NamedTuple):
+    """A batch handed to the committing thread and the outcomes waiting for it."""
+
+    results: Future[list[BatchResult]] | None
+    waiting: list[IngestOutcome | _Added]
+
+
 class _Ingestor:
+    """Reads the entries and adds the instances to two batches in turn: while one batch
+    is committed (flushed, filed) in a helper thread, the next one is read and written -
+    the disk's flush overlaps the decoding of headers."""
+
     def __init__(
         self,
-        batch: InstanceBatch,
+        batches: tuple[InstanceBatch, InstanceBatch],
         peer_id: str | None,
         session_id: str | None,
         batch_size: int,
     ) -> None:
-        self.batch = batch
+        self.batch, self._other = batches
         self.peer_id = peer_id
         self.session_id = session_id
         self.batch_size = batch_size
@@ -318,20 +331,31 @@ class _Ingestor:
     def run(self, source: Any) -> Iterator[IngestOutcome]:
         """The outcomes in input order; a stored instance is reported once its batch is
         committed (so every :class:`StoredInstance` seen is durably stored)."""
-        for outcome in self._entries(self.inputs.expand(source)):
-            self._waiting.append(outcome)
-            if isinstance(outcome, _Added):
-                self._batch_bytes += outcome.size
-                if self.batch.pending >= self.batch_size or self._batch_bytes >= BATCH_BYTES:
-                    yield from self._commit()
-            elif not self.batch.pending:
-                yield from self._commit()  # nothing to wait for: report it now
-        yield from self._commit()
+        with ThreadPoolExecutor(1, thread_name_prefix="dcm-ingest-commit") as committer:
+            in_flight: _Commit | None = None
+            for outcome in self._entries(self.inputs.expand(source)):
+                self._waiting.append(outcome)
+                if isinstance(outcome, _Added):
+                    self._batch_bytes += outcome.size
+                    if self.batch.pending >= self.batch_size or self._batch_bytes >= BATCH_BYTES:
+                        if in_flight is not None:  # at most one batch committing
+                            yield from self._report(in_flight)
+                        in_flight = _Commit(committer.submit(self.batch.commit), self._waiting)
+                        self.batch, self._other = self._other, self.batch
+                        self._waiting, self._batch_bytes = [], 0
+                elif in_flight is None and not self.batch.pending:
+                    yield from self._report(_Commit(None, self._waiting))  # nothing before it
+                    self._waiting = []
+            if in_flight is not None:
+                yield from self._report(in_flight)
+            last = _Commit(committer.submit(self.batch.commit), self._waiting)
+            self._waiting = []
+            yield from self._report(last)
 
-    def _commit(self) -> Iterator[IngestOutcome]:
-        results = iter(self.batch.commit())
-        waiting, self._waiting, self._batch_bytes = self._waiting, [], 0
-        for item in waiting:
+    def _report(self, commit: _Commit) -> Iterator[IngestOutcome]:
+        """The outcomes of a committed batch (waits for its commit) in input order."""
+        results = iter(commit.results.result() if commit.results is not None else [])
+        for item in commit.waiting:
             if not isinstance(item, _Added):
                 yield item
                 continue
@@ -502,8 +526,8 @@ def iter_ingest(
 def _run(
     source: Any, store: Store, peer_id: str | None, session_id: str | None, batch_size: int
 ) -> Iterator[IngestOutcome]:
-    with store.instance_batch() as batch:
-        for outcome in _Ingestor(batch, peer_id, session_id, batch_size).run(source):
+    with store.instance_batch() as first, store.instance_batch() as second:
+        for outcome in _Ingestor((first, second), peer_id, session_id, batch_size).run(source):
             if isinstance(outcome, IngestFailure):
                 logger.warning("not ingested: %s: %s", outcome.path, outcome.reason)
             yield outcome
