@@ -110,18 +110,23 @@ def profile(action: Callable[[], Any], lines: int = 14) -> str:
 
 # ------------------------------------------------------------------ the goals
 def session_files(
-    rows: list[Row], work: Path, provider: str, url: str, name: str, args: Any
+    rows: list[Row],
+    work: Path,
+    store: tuple[str, str, str, str],
+    args: Any,
+    profiles: dict[str, str],
 ) -> None:
-    """Upload and download of one ``--file-mb`` file vs ``cp`` of it (page cache warm)."""
+    """Upload and download of one ``--file-mb`` file vs ``cp`` of it (page cache warm);
+    ``store``: (label, provider, url, name)."""
     import dcm_processor_service as dps
 
+    label, provider, url, name = store
     src = work / "big.bin"
     if not src.exists():
         with open(src, "wb") as out:
             for _ in range(args.file_mb):
                 out.write(os.urandom(MiB))
     size_mb = src.stat().st_size / 1e6
-    label = "SQLite" if provider == "sqlite" else "PostgreSQL"
     goal, limit = ("≥ 0.8x cp", 1.25) if provider == "sqlite" else ("≥ 0.5x cp", 2.0)
     up = Row(
         f"session file {args.file_mb} MiB upload, {label}",
@@ -165,6 +170,13 @@ def session_files(
                 raise SystemExit("downloaded file has the wrong size")
             target.unlink()
             os.sync()  # the next round does not pay for this one's writeback
+        profiles[f"session file upload, {label}"] = profile(
+            lambda: dps.upload_session_file(str(src), "big.bin"), 10
+        )
+        profiles[f"session file download, {label}"] = profile(
+            lambda: dps.download_session_file("big.bin", target), 10
+        )
+        target.unlink()
     dps.close_stores()
     rows += [up, down]
 
@@ -309,7 +321,7 @@ def ingest_and_read(
             raise SystemExit(f"ingest stored {report.n_stored} of {n}: {report.summary()}")
         series_id = report.series_ids[0]
         read.add(
-            timed(lambda store=store: get_series_dicom(series_id, store=store)),
+            timed(lambda store=store, sid=series_id: get_series_dicom(sid, store=store)),
             timed(lambda: [dcmread(p) for p in files]),
         )
         if r < args.rounds - 1:
@@ -479,7 +491,7 @@ def chart(rows: list[Row], out: Path) -> bool:
     ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
     ax.set_xlabel("time ratio ours / reference (log scale; lower is better)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -527,13 +539,18 @@ def main(argv: list[str] | None = None) -> int:
 
         if "files" not in args.skip:
             print("session files, SQLite ...", file=sys.stderr)
-            session_files(rows, work, "sqlite", str(work / "sqlite"), "bench", args)
+            sqlite = ("SQLite", "sqlite", str(work / "sqlite"), "bench")
+            session_files(rows, work, sqlite, args, profiles)
             shutil.rmtree(work / "sqlite.blobs", ignore_errors=True)
             print("session files, PostgreSQL ...", file=sys.stderr)
             server = postgres()
-            session_files(
-                rows, work, "postgresql", server.url(server.create_database("files")), "files", args
-            )
+            url = server.url(server.create_database("files"))
+            session_files(rows, work, ("PostgreSQL", "postgresql", url, "files"), args, profiles)
+            print("session files, PostgreSQL + blob_dir ...", file=sys.stderr)
+            url = server.url(server.create_database("files_dir")) + f"?blob_dir={work / 'pg-blobs'}"
+            pg_dir = ("PostgreSQL + blob_dir", "postgresql", url, "files_dir")
+            session_files(rows, work, pg_dir, args, profiles)
+            shutil.rmtree(work / "pg-blobs", ignore_errors=True)
             (work / "big.bin").unlink()
         if "data" not in args.skip:
             print("session data, PostgreSQL ...", file=sys.stderr)

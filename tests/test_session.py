@@ -277,7 +277,7 @@ def test_corrupted_file_fails_download_to_a_file(job, tmp_path: Path) -> None:
     session = dps.JobSession.current()
     record = session.file_record("f")
     assert record is not None
-    for damaged in (b"b" * 100_000, b"a" * 99_999):  # same size other bytes; shorter
+    for damaged in (b"b" * 100_000, b"a" * 99_999, b"a" * 100_001):  # other bytes, shorter, longer
         corrupt_blob(session.store, record.blob_key, damaged)
         with pytest.raises(dps.IntegrityError, match="'f'"):
             dps.download_session_file("f", tmp_path / "f.bin")

@@ -247,7 +247,9 @@ class BlobFileReader(io.BufferedReader):
         out.flush()
         start = out.tell()
         try:
-            size, sha = copy_hashed(self._blob_fd, 0, out_fd, start, hash_fd=self._blob_fd)
+            size, sha = copy_hashed(
+                self._blob_fd, 0, out_fd, start, hash_fd=self._blob_fd, limit=self._info.size + 1
+            )
         except KernelCopyUnsupported:
             return None
         check_integrity(

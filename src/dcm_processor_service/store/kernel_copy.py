@@ -76,11 +76,13 @@ def copy_hashed(
     dst_offset: int,
     *,
     hash_fd: int,
+    limit: int | None = None,
     chunk: int = KERNEL_COPY_CHUNK,
 ) -> tuple[int, str]:
     """Copy ``src_fd`` from ``src_offset`` to its end into ``dst_fd`` at ``dst_offset``
     with ``copy_file_range``; return (bytes copied, sha256 hex of them as read from
-    ``hash_fd``, which is ``src_fd`` or ``dst_fd``).
+    ``hash_fd``, which is ``src_fd`` or ``dst_fd``). ``limit``: copy at most this many
+    bytes (a reader that expects N bytes asks for N + 1 to see that there are more).
 
     Raises :class:`KernelCopyUnsupported` when the very first call is refused (nothing
     was copied); any later error is an ``OSError`` of the copy.
@@ -92,9 +94,12 @@ def copy_hashed(
     total = 0
     try:
         while True:
+            want = chunk if limit is None else min(chunk, limit - total)
             try:
-                n = os.copy_file_range(
-                    src_fd, dst_fd, chunk, src_offset + total, dst_offset + total
+                n = (
+                    os.copy_file_range(src_fd, dst_fd, want, src_offset + total, dst_offset + total)
+                    if want > 0
+                    else 0
                 )
             except OSError as exc:
                 if total == 0 and exc.errno in _UNSUPPORTED:
