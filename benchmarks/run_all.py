@@ -108,6 +108,21 @@ def profile(action: Callable[[], Any], lines: int = 14) -> str:
     return text[text.index("   ncalls") :].rstrip()
 
 
+def job_context(provider: str, url: str, name: str, session: str) -> Any:
+    """The runtime context of a job ``j`` of session ``session`` on the given store."""
+    from dcm_processor_service import RuntimeContext
+
+    return RuntimeContext(
+        db_provider=provider,
+        db_url=url,
+        db_name=name,
+        session_id=session,
+        job_event="stable-series",
+        job_id="j",
+        job_name="j",
+    )
+
+
 # ------------------------------------------------------------------ the goals
 def session_files(
     rows: list[Row],
@@ -152,16 +167,7 @@ def session_files(
         copy.unlink()
         return seconds
 
-    ctx = dps.RuntimeContext(
-        db_provider=provider,
-        db_url=url,
-        db_name=name,
-        session_id="bench",
-        job_event="stable-series",
-        job_id="bench",
-        job_name="bench",
-    )
-    with dps.use_context(ctx):
+    with dps.use_context(job_context(provider, url, name, "bench")):
         dps.upload_session_file(b"warm-up", "warm-up")
         for _ in range(args.rounds):
             up.add(timed(lambda: dps.upload_session_file(str(src), "big.bin")), cp())
@@ -220,15 +226,7 @@ def session_data(rows: list[Row], url: str, name: str, args: Any) -> None:
         unit="ops/s",
         scale=ops,
     )
-    ctx = dps.RuntimeContext(
-        db_provider="postgresql",
-        db_url=url,
-        db_name=name,
-        session_id="data",
-        job_event="stable-series",
-        job_id="j",
-        job_name="j",
-    )
+    ctx = job_context("postgresql", url, name, "data")
     value = {"label": "bench", "v": [1, 2, 3]}
     conn = psycopg.connect(
         dps.open_store("postgresql", url, name).settings.conninfo, autocommit=True
