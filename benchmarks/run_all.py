@@ -41,7 +41,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+#: ``--src DIR``: measure the package in DIR (another checkout's ``src``: before/after)
+SRC = Path(sys.argv[sys.argv.index("--src") + 1]) if "--src" in sys.argv[:-1] else ROOT / "src"
+sys.path[:0] = [str(SRC), str(ROOT / "tests")]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
 MiB = 1024 * 1024
 PYTHON = sys.executable
 
@@ -463,6 +466,9 @@ def write_results(
             f"{row.ratio:.2f}x | {row.goal} (≤ {row.max_ratio:.2f}x) | {'met' if row.met else '**not met**'} |"
         )
     lines += ["", "## Machine", "", *(m.replace("{start}", start_load) for m in machine())]
+    lines.append(
+        f"- package measured: `{SRC.relative_to(ROOT) if SRC.is_relative_to(ROOT) else SRC}`"
+    )
     lines += ["", "![ratios](results.png)", ""] if (out.parent / "results.png").exists() else [""]
     lines += ["## Where the time goes", ""]
     for title, text in profiles.items():
@@ -516,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["files", "data", "ingest", "send", "startup"],
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
+    parser.add_argument("--src", type=Path, help="measure the package in this src folder instead")
     args = parser.parse_args(argv)
     if args.quick:
         args.file_mb, args.slices, args.ops = 128, 60, 500
