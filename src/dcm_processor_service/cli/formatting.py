@@ -69,9 +69,13 @@ def size(n: int) -> str:
 
 
 def job_detail(job: Any, limit: int = 60) -> str:
-    """A job's reason or error, else its result as short JSON (nothing for a session job)."""
+    """A job's reason or error, else its result as short JSON (nothing for a session
+    job); a job started more than once (its cluster worker died) says so first."""
+    retried = f"{job.attempts} attempts, last on {job.worker}; " if job.attempts > 1 else ""
     if job.reason or job.error:
-        return job.reason or first_line(job.error, limit)
+        return retried + (job.reason or first_line(job.error, limit))
+    if retried:
+        return retried.rstrip("; ")
     if job.result is None or job.object_kind == "session":
         return ""
     text = json.dumps(job.result, default=str, separators=(", ", ": "))
@@ -119,6 +123,8 @@ def run_summary(report: Any) -> str:
             + (f" ({filtered} by a registry callback returning false)" if filtered else "")
         )
     lines.append(", ".join(parts) + f" - {duration(report.duration)}")
+    if report.resumed_done:
+        lines.append(f"{report.resumed_done} job(s) had succeeded before the resume: not run again")
     notable = [n for n in not_scheduled if n["reason"] != FILTERED_OUT]
     for item in notable[:NOT_SCHEDULED_SHOWN]:
         lines.append(f"not scheduled: {item['job_name']} for {item['object']} - {item['reason']}")

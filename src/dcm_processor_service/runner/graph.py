@@ -282,6 +282,7 @@ def build_session_graph(
     ctx: RuntimeContext,
     callbacks: Mapping[str, Callable[..., Any]],
     patients: Sequence[dict[str, Any]],
+    existing: Mapping[tuple[str, str, str], str] | None = None,
 ) -> list[JobNode]:
     """The session's job graph, as the platform's scheduler builds it for a patient:
     per study its series' jobs, then the study's jobs (waiting for every series job
@@ -291,8 +292,10 @@ def build_session_graph(
     ``callbacks`` are the registry callbacks by job name (a job without one is
     scheduled for every object). Every callback runs here, in this process, before any
     job does; the jobs that are not scheduled are listed in ``session.not_scheduled``
-    with the reason. Each node's job record is created (``pending``) in ``store``."""
-    return _GraphBuilder(manifest, store, session, ctx, callbacks).build(patients)
+    with the reason. Each node's job record is created (``pending``) in ``store`` -
+    or, when ``existing`` maps its ``(event, job name, object id)`` to a job id (a
+    resumed run, see :mod:`.resume`), that record is used again."""
+    return _GraphBuilder(manifest, store, session, ctx, callbacks, existing or {}).build(patients)
 
 
 class _GraphBuilder:
@@ -303,8 +306,10 @@ class _GraphBuilder:
         session: SessionRun,
         ctx: RuntimeContext,
         callbacks: Mapping[str, Callable[..., Any]],
+        existing: Mapping[tuple[str, str, str], str],
     ) -> None:
         self.manifest = manifest
+        self.existing = existing
         self.store = store
         self.session = session
         self.ctx = ctx
@@ -400,7 +405,12 @@ class _GraphBuilder:
         by_name: dict[str, JobNode] = {}
         for job in order_jobs(kept, event):
             record = self.store.create_job(
-                sid, job.name, event, service_name=self.manifest.name, params=job.params
+                sid,
+                job.name,
+                event,
+                job_id=self.existing.get((event, job.name, object_id)),
+                service_name=self.manifest.name,
+                params=job.params,
             )
             node = JobNode(
                 run=JobRun(sid, job.name, event, kind, object_id, label, job_id=record.id),

@@ -21,6 +21,10 @@ package ``service_module``), calls it with the keyword arguments, and writes ``{
 "result" | "error", "traceback"}`` to ``result_path`` (owner-only); a result the
 platform could not store (not JSON-serialisable) fails the job. Exit code: 0 done, 1 the
 worker failed, 2 usage, 3 the worker could not be imported or called.
+
+When :data:`PARENT_VARIABLE` names the process that started it (a cluster worker sets
+it), the job process ends with that process (Linux: the kernel kills it when its parent
+dies), so a worker killed mid-job leaves no job running behind the retry.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ from typing import Any
 from .._atomic_file import atomic_write
 from .._safe_text import bound_text
 
-__all__ = ["main"]
+__all__ = ["PARENT_VARIABLE", "main"]
+
+#: Environment variable naming the PID whose death ends the job process (see the module doc).
+PARENT_VARIABLE = "DCM_SERVICE_DIE_WITH_PARENT"
 
 #: Libraries whose INFO logging is silenced in job processes (unless the level is DEBUG).
 _QUIET_LIBRARIES = ("highdicom", "pydicom", "pynetdicom", "nibabel")
@@ -79,6 +86,23 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def _die_with_parent() -> None:
+    """End this process when the process named by :data:`PARENT_VARIABLE` dies."""
+    import os
+
+    text = os.environ.get(PARENT_VARIABLE, "")
+    if not text.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != int(text):  # the parent died before the kernel was told
+        os._exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Job-process entry point: ``python -m dcm_processor_service.runner.job_process SPEC``
     (``-``: the spec is read from stdin, as the runner passes it).
@@ -86,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     This process is the platform worker's stand-in, so it sets up logging for the job
     (to stderr, captured by the runner) at the level the spec names.
     """
+    _die_with_parent()
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         sys.stderr.write("usage: python -m dcm_processor_service.runner.job_process SPEC.json\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,10 +99,15 @@ class SessionJobs:
         self.nodes = {node.key: node for node in nodes}
         self.running: set[str] = set()
 
-    def run(self, executor: Executor) -> None:
-        """Submit every job of the graph (in graph order) and record each outcome."""
+    def run(self, executor: Executor, done: Sequence[JobNode] = ()) -> None:
+        """Submit every job of the graph (in graph order) but those ``done`` already (a
+        resumed run: they count as succeeded) and record each outcome."""
+        finished = {node.key for node in done}
+        for node in done:
+            self.session.jobs.append(node.run)
         for node in self.nodes.values():
-            executor.submit(self.task(node))
+            if node.key not in finished:
+                executor.submit(self.task(node, finished))
         try:
             for key, outcome in executor.outcomes(self):
                 self.running.discard(key)
@@ -121,8 +127,9 @@ class SessionJobs:
                     )
             raise
 
-    def task(self, node: JobNode) -> JobTask:
-        """What the executor needs to run ``node``'s job."""
+    def task(self, node: JobNode, finished: Container[str] = ()) -> JobTask:
+        """What the executor needs to run ``node``'s job (``finished``: jobs that
+        succeeded already - it does not wait for them)."""
         run, job = node.run, node.job
         assert job.worker is not None
         kwargs: dict[str, Any] = {  # exactly the platform's worker keywords
@@ -152,7 +159,8 @@ class SessionJobs:
             timeout=job.timeout,
             timeout_text=job.timeout_text,
             log_level=self.settings.log_level,
-            after=node.after,
+            after=tuple(k for k in node.after if k not in finished),
+            resources=job.placement,
         )
 
     # ----------------------------------------------------------- JobListener
@@ -218,6 +226,8 @@ class SessionJobs:
         run.traceback = outcome.traceback
         run.duration = outcome.duration
         run.log_path = str(outcome.log_path) if outcome.log_path else None
+        run.attempts = outcome.attempts
+        run.worker = outcome.worker
         run.finished_at = utcnow()
         detail = run.stored_error()
         if outcome.status != SUCCEEDED and outcome.output_tail and not outcome.traceback:

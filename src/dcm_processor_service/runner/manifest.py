@@ -91,6 +91,7 @@ _KNOWN_JOB_FIELDS = {
     "disabled",
     "description",
     "worker",
+    "resources",
     "channel",
     "priority",
 }
@@ -288,6 +289,7 @@ def _job(
     )
     worker_name = problems.get(raw, "worker", f"{at}.worker", str)
     description = problems.get(raw, "description", f"{at}.description", str, default="")
+    resources = _resources(raw, at, problems)
     if name is None or worker_text is None or not events:
         return None
     return JobSpec(
@@ -306,7 +308,31 @@ def _job(
         registry=registry,
         worker_name=worker_name,
         description=description,
+        resources=resources,
     )
+
+
+def _resources(raw: dict[str, Any], at: str, problems: ProblemList) -> dict[str, float]:
+    """A job's ``resources`` (``{"GPU": 1}``): Dask worker resources it needs on a
+    cluster - names, each with a positive amount."""
+    where = f"{at}.resources"
+    value = problems.get(raw, "resources", where, dict, default={})
+    out: dict[str, float] = {}
+    for key, amount in value.items():
+        if (
+            not key.strip()
+            or isinstance(amount, bool)
+            or not isinstance(amount, (int, float))
+            or not amount > 0
+        ):
+            problems.error(
+                where,
+                f"{key!r}: {amount!r} - write a resource name and a positive amount, "
+                'e.g. {"GPU": 1} (a worker advertises it with dask worker --resources GPU=1)',
+            )
+            continue
+        out[key.strip()] = float(amount)
+    return out
 
 
 def _events(raw: dict[str, Any], at: str, problems: ProblemList) -> tuple[str, ...]:

@@ -27,6 +27,10 @@ class RunObserver:
     def ingest_finished(self, stored: int, failed: list[tuple[str, str]]) -> None:
         """Ingest ended: ``stored`` instances stored, ``failed`` ``(path, reason)``."""
 
+    def sessions_planned(self, total: int) -> None:
+        """The run will work on ``total`` sessions (known once the input is ingested,
+        or the sessions of a resumed run are found)."""
+
     def session_started(self, session: SessionRun) -> None:
         """A session (one patient) opens."""
 

@@ -44,6 +44,10 @@ class JobRun:
     duration: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     log_path: str | None = None
+    #: times the job was started (more than 1: its cluster worker died and it was retried)
+    attempts: int = 0
+    #: the cluster worker it ran on last (``None`` on this machine)
+    worker: str | None = None
 
     def fail(self, error: str, traceback: str | None = None) -> None:
         """Mark the run failed with ``error`` (and ``traceback``), both bounded."""
@@ -119,6 +123,10 @@ class RunReport:
     sessions: list[SessionRun] = field(default_factory=list)
     output_dir: str | None = None
     duration: float = 0.0
+    #: the run's id (in its sessions' meta ``run``): ``dcm-service run --resume RUN_ID``
+    run_id: str | None = None
+    #: jobs that had succeeded before this run resumed the run (not run again)
+    resumed_done: int = 0
 
     @property
     def jobs(self) -> list[JobRun]:
@@ -154,6 +162,8 @@ class RunReport:
         return {
             "service": self.service,
             "version": self.version,
+            "run_id": self.run_id,
+            "resumed_done": self.resumed_done,
             "store": self.store,
             "peer": self.peer,
             "input_files": self.input_files,

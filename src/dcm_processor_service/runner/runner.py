@@ -52,7 +52,7 @@ from .._errors import DcmProcessorError, InvalidInputError, ServiceError
 from .._safe_text import mask_secrets
 from ..store.address import StoreAddress
 from ..store.base import Store
-from ..store.records import JobStatus, Peer, SessionStatus, utcnow
+from ..store.records import JobStatus, Peer, SessionRecord, SessionStatus, utcnow
 from ..store.registry import open_store
 from .entries import EntryLoader
 from .executors.base import Executor
@@ -64,6 +64,15 @@ from .jobs import JobRecorder, JobSettings, SessionJobs
 from .ownership import Heartbeat, this_owner
 from .progress import RunObserver
 from .report import JobRun, RunReport, SessionRun
+from .resume import (
+    GRAPH_META,
+    RUN_META,
+    graph_plan,
+    mark_succeeded,
+    new_run_id,
+    recorded_jobs,
+    sessions_to_resume,
+)
 from .specs import ServiceManifest
 from .stopping import stop_on_signals, stop_reason
 
@@ -73,6 +82,8 @@ logger = logging.getLogger(__name__)
 
 #: Pseudo-event of the pre/post-services hooks in the job records.
 HOOK_EVENT = "session"
+#: ``reason`` of a job a resumed run did not run again (it had succeeded).
+RESUMED_REASON = "succeeded before the run was resumed"
 
 
 class Runner:
@@ -85,7 +96,10 @@ class Runner:
     ``handle_signals``: while :meth:`run` runs in the main thread, SIGTERM and SIGHUP
     stop it as SIGINT does (see :class:`~.stopping.RunInterrupted`). ``executor`` runs
     the jobs (default: a :class:`~.executors.local.LocalExecutor` per run, its work
-    folder ``work_dir``, polling every ``poll_interval`` seconds).
+    folder ``work_dir``, polling every ``poll_interval`` seconds; a
+    :class:`~.executors.dask_executor.DaskExecutor` runs them on a cluster). ``run_id``
+    names the run in its sessions' meta (default: a new id); :meth:`resume` continues
+    a run from the job states in the store (:mod:`.resume`).
     """
 
     def __init__(
@@ -106,6 +120,7 @@ class Runner:
         poll_interval: float = 0.25,
         handle_signals: bool = True,
         executor: Executor | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.manifest = manifest.with_params(params) if params else manifest
         # sqlite: an absolute path and the default name, as the jobs must see them;
@@ -122,6 +137,7 @@ class Runner:
         self.poll_interval = poll_interval
         self.handle_signals = handle_signals
         self.executor = executor
+        self.run_id = run_id or new_run_id()
         self._exported: set[Path] = set()
         self._owner = this_owner()
         self._heartbeat = Heartbeat(self._open_store)
@@ -143,32 +159,79 @@ class Runner:
     # ------------------------------------------------------------------ run
     def run(self, inputs: Sequence[str | os.PathLike[str]]) -> RunReport:
         """Ingest ``inputs`` (folders, files, DICOMDIRs) and run the service on them."""
-        start = time.monotonic()
-        store = self._open_store()
-        executor = self.executor or LocalExecutor(self.work_dir, poll_interval=self.poll_interval)
-        watch = contextlib.ExitStack()  # signals stop the run; the heartbeat beats
-        watch.enter_context(stop_on_signals(self.handle_signals))
-        watch.enter_context(self._heartbeat)
-        try:
+
+        def work(store: Store, report: RunReport, executor: Executor) -> None:
             peer = self._resolve_peer(store)
-            report = RunReport(
-                service=self.manifest.name,
-                version=self.manifest.version,
-                store=store.describe(),
-                peer=f"{peer.name} ({peer.aet}@{peer.host}:{peer.port})" if peer else None,
-                output_dir=str(self.output_dir) if self.output_dir else None,
-            )
+            report.peer = self._peer_text(peer)
             scan = scan_inputs(inputs)
             report.input_files = scan.total_files
             report.input_skipped = scan.skipped
             with EntryLoader() as loader:
                 callbacks = self._load_callbacks(loader)
                 sessions = self._ingest(store, scan, peer, report)
+                self.observer.sessions_planned(sum(1 for _, ses in sessions if ses.stored))
                 for group, session in sessions:
                     report.sessions.append(session)
                     if session.stored == 0:
                         continue
-                    self._run_session(store, session, group, peer, callbacks, executor)
+                    self._run_session(store, session, group.label, peer, callbacks, executor)
+
+        return self._guarded(work)
+
+    def resume(self) -> RunReport:
+        """Continue run :attr:`run_id` from the job states in the store: its unfinished
+        sessions' jobs that did not succeed run (again); nothing that succeeded does
+        (see :mod:`.resume`)."""
+
+        def work(store: Store, report: RunReport, executor: Executor) -> None:
+            records = sessions_to_resume(store, self.run_id)
+            self.observer.sessions_planned(len(records))
+            with EntryLoader() as loader:
+                callbacks = self._load_callbacks(loader)
+                for record in records:
+                    peer = store.get_peer(record.peer_id) if record.peer_id else None
+                    report.peer = report.peer or self._peer_text(peer)
+                    session = SessionRun(
+                        session_id=record.id,
+                        patient_label=str(record.meta.get("patient") or record.id[:12]),
+                    )
+                    session.stored = session.files = sum(
+                        len(s.get("Instances") or [])
+                        for s in store.list_series(session_id=record.id)
+                    )
+                    store.update_session(record.id, owner=self._owner, heartbeat_at=utcnow())
+                    self._unfinished.append(record.id)
+                    self._heartbeat.add(record.id)
+                    report.sessions.append(session)
+                    self._run_session(
+                        store, session, session.patient_label, peer, callbacks, executor, record
+                    )
+                    report.resumed_done += sum(
+                        1 for j in session.jobs if j.reason == RESUMED_REASON
+                    )
+
+        return self._guarded(work)
+
+    def _guarded(self, work: Callable[[Store, RunReport, Executor], None]) -> RunReport:
+        """Run ``work`` with the store open, signals handled, the heartbeat beating; a
+        run that stops early leaves no record active (:meth:`_record_stop`)."""
+        start = time.monotonic()
+        store = self._open_store()
+        executor = self.executor or LocalExecutor(self.work_dir, poll_interval=self.poll_interval)
+        watch = contextlib.ExitStack()  # signals stop the run; the heartbeat beats
+        watch.enter_context(stop_on_signals(self.handle_signals))
+        watch.enter_context(self._heartbeat)
+        report = RunReport(
+            service=self.manifest.name,
+            version=self.manifest.version,
+            store=store.describe(),
+            peer=None,
+            output_dir=str(self.output_dir) if self.output_dir else None,
+            run_id=self.run_id,
+        )
+        self.observer.message(f"run {self.run_id} (resume it with --resume {self.run_id})")
+        try:
+            work(store, report, executor)
         except BaseException as exc:
             self._record_stop(store, exc)
             raise
@@ -177,6 +240,10 @@ class Runner:
             store.close()
         report.duration = time.monotonic() - start
         return report
+
+    @staticmethod
+    def _peer_text(peer: Peer | None) -> str | None:
+        return f"{peer.name} ({peer.aet}@{peer.host}:{peer.port})" if peer else None
 
     def _record_stop(self, store: Store, exc: BaseException) -> None:
         """The run stops early (a signal, or an error of the runner itself): the jobs not
@@ -247,7 +314,7 @@ class Runner:
             store.ensure_session(
                 session_id,
                 peer_id=peer_id,
-                meta={"patient": group.label, "service": self.manifest.name},
+                meta={"patient": group.label, "service": self.manifest.name, RUN_META: self.run_id},
             )
             store.update_session(session_id, owner=self._owner, heartbeat_at=utcnow())
             self._unfinished.append(session_id)
@@ -297,29 +364,47 @@ class Runner:
         self,
         store: Store,
         session: SessionRun,
-        group: PatientGroup,
+        label: str,
         peer: Peer | None,
         callbacks: dict[str, Callable[..., Any]],
         executor: Executor,
+        resumed: SessionRecord | None = None,
     ) -> None:
+        """Run one session: pre-services, its job graph, export, post-services.
+        ``resumed``: the session's record, when a run is resumed (the hook and the jobs
+        that succeeded before are not run again)."""
         from ..hooks import run_post_services, run_pre_services
 
-        ctx = self._context(session.session_id, peer)
-        self._heartbeat.watch(session.session_id)
+        sid = session.session_id
+        ctx = self._context(sid, peer)
+        self._heartbeat.watch(sid)
         self.observer.session_started(session)
-        patients = [dict(p) for p in store.list_patients(session_id=session.session_id)]
+        patients = [dict(p) for p in store.list_patients(session_id=sid)]
         patient = patients[0] if patients else {}
-        pre = self._hook(store, session, ctx, "pre-services", run_pre_services, patient)
-        if pre.failed:
+        hook_done = resumed is not None and self._hook_succeeded(store, sid, "pre-services")
+        if hook_done:
+            pre = None
+        else:
+            pre = self._hook(store, session, ctx, "pre-services", run_pre_services, patient)
+        if pre is not None and pre.failed:
             session.kept_reason = "pre-services failed"
         else:
-            session.series = len(store.list_series(session_id=session.session_id))
-            nodes = build_session_graph(self.manifest, store, session, ctx, callbacks, patients)
-            SessionJobs(self._recorder(store), self._settings, session, ctx, nodes).run(executor)
+            session.series = len(store.list_series(session_id=sid))
+            existing = recorded_jobs(resumed) if resumed is not None else None
+            nodes = build_session_graph(
+                self.manifest, store, session, ctx, callbacks, patients, existing
+            )
+            store.update_session(sid, meta={GRAPH_META: graph_plan(nodes)})
+            done = mark_succeeded(store, nodes) if resumed is not None else []
+            for node in done:
+                node.run.reason = RESUMED_REASON
+            SessionJobs(self._recorder(store), self._settings, session, ctx, nodes).run(
+                executor, done
+            )
         if self.output_dir is not None:
-            target = self.output_dir / safe_dir_name(group.label)
+            target = self.output_dir / safe_dir_name(label)
             if target in self._exported:
-                target = self.output_dir / f"{safe_dir_name(group.label)}-{session.session_id[:8]}"
+                target = self.output_dir / f"{safe_dir_name(label)}-{session.session_id[:8]}"
             self._exported.add(target)
             self._export(store, session, target)
         if self.keep_session:
@@ -338,6 +423,11 @@ class Runner:
             store.update_session(session.session_id, status=SessionStatus.KEPT)
         self._finished(session.session_id)
         self.observer.session_finished(session)
+
+    @staticmethod
+    def _hook_succeeded(store: Store, session_id: str, name: str) -> bool:
+        record = store.find_job(session_id, name, HOOK_EVENT)
+        return record is not None and record.status == JobStatus.SUCCEEDED
 
     def _hook(
         self,

@@ -41,6 +41,18 @@ class JobSpec:
     registry: EntryPoint | None = None
     worker_name: str | None = None
     description: str = ""
+    #: Dask worker resources the job needs on a cluster (``resources`` in the manifest).
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def placement(self) -> dict[str, float]:
+        """The worker resources the job needs on a cluster: its ``resources``, plus one
+        unit of the resource named by the platform's ``worker`` field (a Dask worker
+        started with ``--resources NAME=N`` runs up to N such jobs at once)."""
+        out = dict(self.resources)
+        if self.worker_name:
+            out.setdefault(self.worker_name, 1.0)
+        return out
 
     def with_params(self, params: dict[str, Any]) -> JobSpec:
         """A copy with ``params`` merged over the manifest's params."""

@@ -18,6 +18,7 @@ import click
 
 from ..._errors import ServiceError
 from ...store.records import JobStatus
+from ..batch_console import BatchConsole
 from ..console import Console, err, out, print_json
 from ..formatting import failure_details, run_summary
 from ..options import (
@@ -107,6 +108,32 @@ def _register_peer(store: Any, peer: str | None, peer_address: str | None) -> st
     return saved.name
 
 
+def _cluster_client(address: Any, cluster: str | None, workers: int | None) -> Any:
+    """A Dask client for ``--cluster`` / ``--workers``, or ``None`` (this machine)."""
+    if cluster and workers:
+        raise click.UsageError("give --cluster ADDRESS or --workers N, not both")
+    if cluster is None and workers is None:
+        return None
+    from ...runner.executors.dask_cluster import connect_cluster, start_local_cluster
+
+    if cluster is not None:
+        if address.provider == "sqlite":
+            raise click.UsageError(
+                "--cluster needs a store every worker reaches: a sqlite file on this machine "
+                "is not - use --db-provider postgresql --db-url postgresql://HOST/... (or "
+                "--workers N to run on this machine only)"
+            )
+        return connect_cluster(cluster)
+    return start_local_cluster(workers or 1)
+
+
+def _close_client(client: Any) -> None:
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def execute_run(
     state: CliState,
     manifest: Any,
@@ -120,26 +147,81 @@ def execute_run(
     cleanup_on_failure: bool,
     work_dir: str | None,
     expect_job: str | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+    resume: str | None = None,
 ) -> int:
-    """Run ``manifest`` on ``inputs`` in the state's store, draw the progress, print the
-    summary (or the JSON report); the exit code. ``expect_job``: fail unless that job
-    succeeded (the demo's check)."""
-    from ...runner.runner import Runner
-
+    """Run ``manifest`` on ``inputs`` in the state's store (on a Dask cluster with
+    ``cluster`` or ``workers``; ``resume``: continue that run instead), draw the
+    progress, print the summary (or the JSON report); the exit code. ``expect_job``:
+    fail unless that job succeeded (the demo's check)."""
     overrides = parse_params(params)
     address = state.store_address()
+    client = _cluster_client(address, cluster, workers)
+    try:
+        return _execute(
+            state,
+            manifest,
+            inputs,
+            overrides=overrides,
+            address=address,
+            client=client,
+            resume=resume,
+            peer=peer,
+            peer_address=peer_address,
+            output=output,
+            keep_session=keep_session,
+            cleanup_on_failure=cleanup_on_failure,
+            work_dir=work_dir,
+            expect_job=expect_job,
+        )
+    finally:
+        if client is not None:
+            _close_client(client)
+
+
+def _execute(
+    state: CliState,
+    manifest: Any,
+    inputs: Sequence[str],
+    *,
+    overrides: dict[str | None, dict[str, Any]],
+    address: Any,
+    client: Any,
+    resume: str | None,
+    peer: str | None,
+    peer_address: str | None,
+    output: str | None,
+    keep_session: bool,
+    cleanup_on_failure: bool,
+    work_dir: str | None,
+    expect_job: str | None,
+) -> int:
+    from ...runner.runner import Runner
+
     with address.open() as store:
         peer_name = _register_peer(store, peer, peer_address)
     folder = state.store_folder()
     if work_dir is None and folder is not None:
         work_dir = str(folder / "runs" / time.strftime("%Y%m%d-%H%M%S"))
-    console = Console(
+    console_class = Console if client is None else BatchConsole
+    console = console_class(
         sys.stderr,
         show_output=state.verbose >= 1,
         enabled=not state.json or sys.stderr.isatty(),
     )
     jobs = ", ".join(j.name + (" (disabled)" if j.disabled else "") for j in manifest.jobs)
     console.line(f"service {manifest.name} {manifest.version}: {jobs}")
+    executor = None
+    if client is not None:
+        from ...runner.executors.dask_executor import DaskExecutor
+
+        executor = DaskExecutor(client, service_root=manifest.root)
+        workers = len(client.scheduler_info(n_workers=-1).get("workers") or {})
+        console.line(
+            f"cluster {client.scheduler.address}: {workers} worker(s); dashboard "
+            f"{executor.dashboard_link or 'none'}"
+        )
     runner = Runner(
         manifest,
         db_provider=address.provider,
@@ -153,11 +235,19 @@ def execute_run(
         work_dir=work_dir,
         observer=console,
         job_log_level="DEBUG" if state.verbose >= 2 else "INFO",
+        executor=executor,
+        run_id=resume,
     )
     with state.progress_on(console):
-        report = runner.run(inputs)
+        report = runner.resume() if resume else runner.run(inputs)
     if state.json:
-        print_json(report.to_dict())
+        data = report.to_dict()
+        if executor is not None:
+            data["cluster"] = {
+                "scheduler": client.scheduler.address,
+                "dashboard": executor.dashboard_link,
+            }
+        print_json(data)
     else:
         out(run_summary(report))
         details = failure_details(report)
@@ -173,7 +263,7 @@ def execute_run(
 
 @click.command()
 @click.argument("service")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option(
     "-p",
     "--param",
@@ -223,6 +313,26 @@ def execute_run(
     default=None,
     help="For module:function: the job timeout, e.g. 30s, 10m, 1h (default 1h).",
 )
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    default=None,
+    help="Run the jobs on the Dask cluster whose scheduler is at ADDRESS "
+    "(tcp://HOST:8786); the store must be reachable from every worker (PostgreSQL).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run the jobs on an in-process Dask cluster of N worker processes on this machine.",
+)
+@click.option(
+    "--resume",
+    metavar="RUN_ID",
+    default=None,
+    help="Continue run RUN_ID (printed when it started) from the job states in the store: "
+    "jobs that succeeded are not run again. No INPUT then.",
+)
 @uses_store
 @pass_state
 def run(
@@ -242,8 +352,19 @@ def run(
     triggers the registry callbacks and jobs of its event, each job in its own process
     with the platform's DCM-PROCESSOR-SERVICE-* variables. Exit code 1 when a job
     failed or timed out.
+
+    With --cluster (or --workers) every job is a task on a Dask cluster: jobs of a
+    session that do not wait for each other run at the same time on the workers; the
+    service folder is shipped to them; a job whose worker dies runs again on another.
+    See docs/scaling.md.
     """
     # run_options: --param, --peer, --peer-address, --output, --keep-session,
-    # --cleanup-on-failure, --work-dir (execute_run's keywords)
+    # --cleanup-on-failure, --work-dir, --cluster, --workers, --resume (execute_run's keywords)
+    if bool(inputs) == bool(run_options.get("resume")):
+        raise click.UsageError(
+            "give INPUT (folders, files, DICOMDIRs) to run on, or --resume RUN_ID - not both"
+            if inputs
+            else "missing INPUT: give folders, files or DICOMDIRs (or --resume RUN_ID)"
+        )
     manifest = _load_service(service, event=event, job_name=job_name, timeout=timeout)
     return execute_run(state, manifest, inputs, **run_options)

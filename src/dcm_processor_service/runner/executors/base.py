@@ -39,7 +39,9 @@ class JobTask:
     and result files); ``group`` names the tasks that share a work folder (a session).
     ``entry``, ``what``, ``kwargs`` and ``log_level`` are the job process's spec (see
     :mod:`..job_process`); ``env`` the process's environment (the platform's variables);
-    ``after`` the keys of the tasks that must succeed before this one runs.
+    ``after`` the keys of the tasks that must succeed before this one runs;
+    ``resources`` the worker resources it needs on a cluster (``{"GPU": 1.0}``; an
+    executor on one machine ignores them).
     """
 
     key: str
@@ -53,6 +55,7 @@ class JobTask:
     timeout_text: str
     log_level: str = "INFO"
     after: tuple[str, ...] = ()
+    resources: dict[str, float] = field(default_factory=dict)
 
     def process_spec(self, result_path: Path) -> dict[str, Any]:
         """The JSON object the job process reads from its stdin."""
@@ -68,7 +71,9 @@ class JobTask:
 @dataclass
 class JobOutcome:
     """What came out of one job: ``status`` ``succeeded``, ``failed``, ``timed-out``, or
-    ``skipped`` (it did not run: a task it comes ``after`` did not succeed)."""
+    ``skipped`` (it did not run: a task it comes ``after`` did not succeed).
+    ``attempts``: how many times it was started (a cluster starts it again when its
+    worker dies); ``worker``: where it ran last (a cluster worker's address)."""
 
     status: JobStatus
     result: Any = None
@@ -78,6 +83,8 @@ class JobOutcome:
     duration: float = 0.0
     output_tail: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    attempts: int = 1
+    worker: str | None = None
 
 
 class JobListener(Protocol):
