@@ -20,6 +20,9 @@ as the workers have threads.
   the task again on another worker, up to the scheduler's
   ``distributed.scheduler.allowed-failures``; every start is a Dask event on the
   run's topic, so the outcome carries the ``attempts`` and the ``worker``.
+* **Environment**: a job gets its worker's environment plus the run's
+  ``DCM-PROCESSOR-SERVICE-*`` variables; nothing else of the runner's environment
+  travels.
 * **Progress**: the runner hears ``job_started`` when a worker starts the job and
   ``job_running`` every poll interval while it runs (it reads the job's progress from
   the store). The job's output stays in its log on the worker; the outcome carries
@@ -37,9 +40,11 @@ import queue
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..._context import ENV_PREFIX
 from ..._errors import ServiceError
 from ...store.records import JobStatus
 from .base import SKIPPED, JobListener, JobOutcome, JobTask
@@ -181,6 +186,9 @@ class DaskExecutor:
                 self._end(task.key, JobOutcome(status=JobStatus.FAILED, error=f"not placed: {why}"))
                 return
         self._subscribe()
+        # only the run's DCM-PROCESSOR-SERVICE-* variables travel: the job gets the
+        # worker's own environment around them, never the runner's (paths, secrets)
+        task = replace(task, env={k: v for k, v in task.env.items() if k.startswith(ENV_PREFIX)})
         if self._service is None and self._service_root is not None:
             self._service = ship_service(self.client, self._service_root)
         future = self.client.submit(

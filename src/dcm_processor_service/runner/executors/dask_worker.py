@@ -4,7 +4,8 @@
 event on the run's topic, naming this worker), makes the service's code available on
 this machine, and runs the job exactly as the local runner does -
 :func:`~.local.run_job_process`: its own process, the platform's environment and
-keyword call, the job's timeout - in a work folder under the worker's local directory.
+keyword call, the job's timeout - in a work folder under the worker's local directory,
+with the worker's environment plus the run's ``DCM-PROCESSOR-SERVICE-*`` variables.
 
 **The service's code travels through Dask.** The runner zips the service folder once
 per run (:func:`~.dask_cluster.ship_service`) and registers it with Dask's upload
@@ -30,6 +31,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..._context import ENV_PREFIX
 from ..._errors import ServiceError
 from ..entries import EntryPoint
 from ..job_process import PARENT_VARIABLE
@@ -127,7 +129,10 @@ def run_on_worker(task: JobTask, service: ShippedService | None, topic: str) -> 
     if service is not None:
         home = unpack_service(local_dir, service)
         task = replace(task, entry=relocate_entry(task.entry, Path(service.root), home))
-    task = replace(task, env={**task.env, PARENT_VARIABLE: str(os.getpid())})
+    env = {k: v for k, v in os.environ.items() if not k.replace("_", "-").startswith(ENV_PREFIX)}
+    env.update(task.env)  # the run's DCM-PROCESSOR-SERVICE-* variables
+    env[PARENT_VARIABLE] = str(os.getpid())
+    task = replace(task, env=env)
     outcome = run_job_process(task, local_dir / JOBS_DIR / task.group)
     outcome.worker = worker.address
     with contextlib.suppress(OSError):  # the scratch folder is the job's, not the worker's
