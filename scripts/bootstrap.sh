@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what dcm-processor-service needs on a fresh Debian/Ubuntu machine:
-#   system packages (with --system): dcmtk, Orthanc, PostgreSQL, openssl, libmagic — the real
+#   system packages (with --system): dcmtk, Orthanc, PostgreSQL, openssl, libmagic, iproute2 — the real
 #   peers and database the tests run against, and what the platform's packages (which the
 #   tests build a virtualenv for) need; then a virtual environment in .venv with the package.
 # Usage: bash scripts/bootstrap.sh [--system] [EXTRAS]     (EXTRAS default: all)
@@ -20,6 +20,8 @@ if [ "$want_system" = 1 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null || missing+=(openssl)
   { command -v runuser && command -v setpriv; } >/dev/null || missing+=(util-linux)
+  # iproute2: the cluster tests simulate hosts with network namespaces (ip netns)
+  command -v ip >/dev/null || missing+=(iproute2)
   # libmagic: the platform's own packages (tests run services through them) need it
   ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || missing+=(libmagic1)
   if [ ${#missing[@]} -gt 0 ]; then

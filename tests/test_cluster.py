@@ -161,6 +161,10 @@ def test_example_service_on_the_cluster_equals_the_local_runner(
     addresses = {w.dask_address for w in dask.workers}
     assert {j.worker for j in remote.jobs if j.object_kind == "series"} <= addresses
     assert all(j.worker is None for j in local.jobs)
+    # the two patients' sessions were open at once: their first jobs ran side by side
+    first = [next(j for j in s.jobs if j.job_name == "threshold") for s in remote.sessions]
+    assert max(j.started_at for j in first) < min(j.finished_at for j in first)
+    assert {j.worker for j in first} == addresses
 
     def results(report: RunReport) -> dict[tuple[str, str], Any]:
         return {

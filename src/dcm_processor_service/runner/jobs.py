@@ -98,34 +98,54 @@ class SessionJobs:
         self.ctx = ctx
         self.nodes = {node.key: node for node in nodes}
         self.running: set[str] = set()
+        self.waiting: set[str] = set()  # submitted, outcome not recorded yet
 
     def run(self, executor: Executor, done: Sequence[JobNode] = ()) -> None:
         """Submit every job of the graph (in graph order) but those ``done`` already (a
         resumed run: they count as succeeded) and record each outcome."""
+        self.submit(executor, done)
+        try:
+            for key, outcome in executor.outcomes(self):
+                self.record(key, outcome)
+        except BaseException as exc:  # a signal: the running jobs' processes were ended
+            executor.cancel()
+            self.stopped(exc)
+            raise
+
+    def submit(self, executor: Executor, done: Sequence[JobNode] = ()) -> None:
+        """Submit the jobs of the graph but those ``done`` (see :meth:`run`)."""
         finished = {node.key for node in done}
         for node in done:
             self.session.jobs.append(node.run)
         for node in self.nodes.values():
             if node.key not in finished:
                 executor.submit(self.task(node, finished))
-        try:
-            for key, outcome in executor.outcomes(self):
-                self.running.discard(key)
-                if outcome.status == SKIPPED:
-                    self.skipped(self.nodes[key])
-                else:
-                    self.finished(self.nodes[key], outcome)
-        except BaseException as exc:  # a signal: the running jobs' processes were ended
-            executor.cancel()
-            for key in self.running:
-                with contextlib.suppress(Exception):
-                    self.store.update_job(
-                        key,
-                        status=JobStatus.FAILED,
-                        finished_at=utcnow(),
-                        error=f"{stop_reason(exc)} - the job's processes were ended",
-                    )
-            raise
+                self.waiting.add(node.key)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every submitted job's outcome was recorded."""
+        return not self.waiting
+
+    def record(self, key: str, outcome: JobOutcome) -> None:
+        """Record the outcome of job ``key`` (the executor gave it back)."""
+        self.running.discard(key)
+        self.waiting.discard(key)
+        if outcome.status == SKIPPED:
+            self.skipped(self.nodes[key])
+        else:
+            self.finished(self.nodes[key], outcome)
+
+    def stopped(self, exc: BaseException) -> None:
+        """The run stops (``exc``): the jobs still running are recorded ``failed``."""
+        for key in self.running:
+            with contextlib.suppress(Exception):
+                self.store.update_job(
+                    key,
+                    status=JobStatus.FAILED,
+                    finished_at=utcnow(),
+                    error=f"{stop_reason(exc)} - the job's processes were ended",
+                )
 
     def task(self, node: JobNode, finished: Container[str] = ()) -> JobTask:
         """What the executor needs to run ``node``'s job (``finished``: jobs that

@@ -149,7 +149,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._sessions: set[str] = set()
         self._session: str | None = None
-        self._jobs: set[str] = set()
+        self._jobs: dict[str, str] = {}  # running job -> its session
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -165,12 +165,12 @@ class Heartbeat:
             self._session = session_id
             self._sessions.add(session_id)
             if job_id is not None:
-                self._jobs.add(job_id)
+                self._jobs[job_id] = session_id
 
     def job_ended(self, job_id: str) -> None:
         """Stop beating for ``job_id`` (its record is final)."""
         with self._lock:
-            self._jobs.discard(job_id)
+            self._jobs.pop(job_id, None)
 
     def release(self, session_id: str) -> None:
         """Stop beating for ``session_id`` (it is finished, or about to be deleted)."""
@@ -178,7 +178,8 @@ class Heartbeat:
             self._sessions.discard(session_id)
             if self._session == session_id:
                 self._session = None
-                self._jobs.clear()
+            for job_id in [j for j, s in self._jobs.items() if s == session_id]:
+                del self._jobs[job_id]
 
     def __enter__(self) -> Heartbeat:
         self._stop = threading.Event()

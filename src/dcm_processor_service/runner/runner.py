@@ -44,6 +44,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ from .resume import (
 )
 from .specs import ServiceManifest
 from .stopping import stop_on_signals, stop_reason
+from .window import SessionWindow
 
 __all__ = ["Runner", "run_service"]
 
@@ -84,6 +86,18 @@ logger = logging.getLogger(__name__)
 HOOK_EVENT = "session"
 #: ``reason`` of a job a resumed run did not run again (it had succeeded).
 RESUMED_REASON = "succeeded before the run was resumed"
+
+
+@dataclass
+class SessionItem:
+    """A session to run, and what opening it found out (for closing it)."""
+
+    session: SessionRun
+    label: str
+    peer: Peer | None
+    resumed: SessionRecord | None = None
+    ctx: RuntimeContext | None = None
+    patients: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Runner:
@@ -169,12 +183,10 @@ class Runner:
             with EntryLoader() as loader:
                 callbacks = self._load_callbacks(loader)
                 sessions = self._ingest(store, scan, peer, report)
-                self.observer.sessions_planned(sum(1 for _, ses in sessions if ses.stored))
-                for group, session in sessions:
-                    report.sessions.append(session)
-                    if session.stored == 0:
-                        continue
-                    self._run_session(store, session, group.label, peer, callbacks, executor)
+                report.sessions.extend(session for _, session in sessions)
+                items = [SessionItem(s, g.label, peer) for g, s in sessions if s.stored]
+                self.observer.sessions_planned(len(items))
+                self._run_sessions(store, items, callbacks, executor)
 
         return self._guarded(work)
 
@@ -186,29 +198,26 @@ class Runner:
         def work(store: Store, report: RunReport, executor: Executor) -> None:
             records = sessions_to_resume(store, self.run_id)
             self.observer.sessions_planned(len(records))
+            items = []
+            for record in records:
+                peer = store.get_peer(record.peer_id) if record.peer_id else None
+                report.peer = report.peer or self._peer_text(peer)
+                session = SessionRun(
+                    session_id=record.id,
+                    patient_label=str(record.meta.get("patient") or record.id[:12]),
+                )
+                session.stored = session.files = sum(
+                    len(s.get("Instances") or []) for s in store.list_series(session_id=record.id)
+                )
+                store.update_session(record.id, owner=self._owner, heartbeat_at=utcnow())
+                self._unfinished.append(record.id)
+                self._heartbeat.add(record.id)
+                report.sessions.append(session)
+                items.append(SessionItem(session, session.patient_label, peer, record))
             with EntryLoader() as loader:
                 callbacks = self._load_callbacks(loader)
-                for record in records:
-                    peer = store.get_peer(record.peer_id) if record.peer_id else None
-                    report.peer = report.peer or self._peer_text(peer)
-                    session = SessionRun(
-                        session_id=record.id,
-                        patient_label=str(record.meta.get("patient") or record.id[:12]),
-                    )
-                    session.stored = session.files = sum(
-                        len(s.get("Instances") or [])
-                        for s in store.list_series(session_id=record.id)
-                    )
-                    store.update_session(record.id, owner=self._owner, heartbeat_at=utcnow())
-                    self._unfinished.append(record.id)
-                    self._heartbeat.add(record.id)
-                    report.sessions.append(session)
-                    self._run_session(
-                        store, session, session.patient_label, peer, callbacks, executor, record
-                    )
-                    report.resumed_done += sum(
-                        1 for j in session.jobs if j.reason == RESUMED_REASON
-                    )
+                self._run_sessions(store, items, callbacks, executor)
+            report.resumed_done = sum(1 for j in report.jobs if j.reason == RESUMED_REASON)
 
         return self._guarded(work)
 
@@ -360,47 +369,68 @@ class Runner:
             peer_id=peer.id if peer else None,
         )
 
-    def _run_session(
+    def _run_sessions(
         self,
         store: Store,
-        session: SessionRun,
-        label: str,
-        peer: Peer | None,
+        items: Sequence[SessionItem],
         callbacks: dict[str, Callable[..., Any]],
         executor: Executor,
-        resumed: SessionRecord | None = None,
     ) -> None:
-        """Run one session: pre-services, its job graph, export, post-services.
-        ``resumed``: the session's record, when a run is resumed (the hook and the jobs
-        that succeeded before are not run again)."""
-        from ..hooks import run_post_services, run_pre_services
+        """Run the sessions of ``items``: one after the other, or - on an executor that
+        runs tasks in parallel (its ``sessions_at_once``) - several at once
+        (:class:`~.window.SessionWindow`)."""
+        window: SessionWindow[SessionItem] = SessionWindow(
+            executor,
+            lambda item: self._open_session(store, item, callbacks, executor),
+            lambda item: self._close_session(store, item),
+            int(getattr(executor, "sessions_at_once", 1)),
+        )
+        window.run(items)
 
+    def _open_session(
+        self,
+        store: Store,
+        item: SessionItem,
+        callbacks: dict[str, Callable[..., Any]],
+        executor: Executor,
+    ) -> SessionJobs | None:
+        """Open one session: pre-services hook, job graph, jobs submitted to
+        ``executor``; its :class:`SessionJobs` (``None`` when no job is to run). For a
+        resumed run (``item.resumed``: the session's record) the hook and the jobs that
+        succeeded before are not run again."""
+        from ..hooks import run_pre_services
+
+        session, resumed = item.session, item.resumed
         sid = session.session_id
-        ctx = self._context(sid, peer)
+        item.ctx = ctx = self._context(sid, item.peer)
         self._heartbeat.watch(sid)
         self.observer.session_started(session)
-        patients = [dict(p) for p in store.list_patients(session_id=sid)]
+        item.patients = patients = [dict(p) for p in store.list_patients(session_id=sid)]
         patient = patients[0] if patients else {}
-        hook_done = resumed is not None and self._hook_succeeded(store, sid, "pre-services")
-        if hook_done:
-            pre = None
-        else:
+        if resumed is None or not self._hook_succeeded(store, sid, "pre-services"):
             pre = self._hook(store, session, ctx, "pre-services", run_pre_services, patient)
-        if pre is not None and pre.failed:
-            session.kept_reason = "pre-services failed"
-        else:
-            session.series = len(store.list_series(session_id=sid))
-            existing = recorded_jobs(resumed) if resumed is not None else None
-            nodes = build_session_graph(
-                self.manifest, store, session, ctx, callbacks, patients, existing
-            )
-            store.update_session(sid, meta={GRAPH_META: graph_plan(nodes)})
-            done = mark_succeeded(store, nodes) if resumed is not None else []
-            for node in done:
-                node.run.reason = RESUMED_REASON
-            SessionJobs(self._recorder(store), self._settings, session, ctx, nodes).run(
-                executor, done
-            )
+            if pre.failed:
+                session.kept_reason = "pre-services failed"
+                return None
+        session.series = len(store.list_series(session_id=sid))
+        existing = recorded_jobs(resumed) if resumed is not None else None
+        nodes = build_session_graph(
+            self.manifest, store, session, ctx, callbacks, patients, existing
+        )
+        store.update_session(sid, meta={GRAPH_META: graph_plan(nodes)})
+        done = mark_succeeded(store, nodes) if resumed is not None else []
+        for node in done:
+            node.run.reason = RESUMED_REASON
+        jobs = SessionJobs(self._recorder(store), self._settings, session, ctx, nodes)
+        jobs.submit(executor, done)
+        return jobs
+
+    def _close_session(self, store: Store, item: SessionItem) -> None:
+        """Close one session: export, then post-services (or keep it, and say why)."""
+        from ..hooks import run_post_services
+
+        session, label = item.session, item.label
+        patient = item.patients[0] if item.patients else {}
         if self.output_dir is not None:
             target = self.output_dir / safe_dir_name(label)
             if target in self._exported:
@@ -416,7 +446,8 @@ class Runner:
         elif not session.ok and not self.cleanup_on_failure:
             session.kept_reason = session.kept_reason or "a job failed: session kept for inspection"
         if session.kept_reason is None:
-            post = self._hook(store, session, ctx, "post-services", run_post_services, patient)
+            assert item.ctx is not None
+            post = self._hook(store, session, item.ctx, "post-services", run_post_services, patient)
             session.cleaned_up = post.status == SUCCEEDED
         else:
             logger.info("session %s kept (%s)", session.session_id, session.kept_reason)

@@ -84,6 +84,8 @@ class DaskExecutor:
     (``None``: the entries must be importable on the workers as they are).
     ``poll_interval``: seconds between two :meth:`JobListener.job_running` calls.
     ``placement_wait``: seconds a task may wait for a worker able to run it.
+    ``sessions_at_once``: how many sessions the runner keeps open (their jobs
+    submitted) at a time (default: twice the cluster's worker threads, at least 2).
     """
 
     def __init__(
@@ -93,10 +95,12 @@ class DaskExecutor:
         service_root: str | Path | None = None,
         poll_interval: float = 1.0,
         placement_wait: float = 60.0,
+        sessions_at_once: int | None = None,
     ) -> None:
         self.client = client
         self.poll_interval = poll_interval
         self.placement_wait = placement_wait
+        self._sessions_at_once = sessions_at_once
         self._service_root = Path(service_root) if service_root is not None else None
         self._service: ShippedService | None = None
         self._nonce = uuid.uuid4().hex[:8]
@@ -113,6 +117,15 @@ class DaskExecutor:
         self._attempts: dict[str, int] = {}
         self._last_check = 0.0
         self._subscribed = False
+
+    @property
+    def sessions_at_once(self) -> int:
+        """Sessions the runner keeps open at a time (see the class doc)."""
+        if self._sessions_at_once is None:
+            info = self.client.scheduler_info(n_workers=-1).get("workers") or {}
+            threads = sum(int(w.get("nthreads") or 1) for w in info.values())
+            self._sessions_at_once = max(2, 2 * threads)
+        return self._sessions_at_once
 
     @property
     def dashboard_link(self) -> str | None:
