@@ -28,9 +28,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from dcm_processor_service._errors import ServiceError
 from dcm_processor_service.runner import Runner, RunReport, load_manifest
 from dcm_processor_service.runner.executors.dask_cluster import connect_cluster
-from dcm_processor_service.runner.executors.dask_executor import DaskExecutor
+from dcm_processor_service.runner.executors.dask_executor import DaskExecutor, unmet_resources
 from dcm_processor_service.runner.processes import pid_alive
 from dcm_processor_service.runner.sample_data import make_sample_ct
 from dcm_processor_service.store.records import JobStatus
@@ -454,3 +455,67 @@ def test_cluster_needs_a_store_every_worker_reaches(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--cluster needs a store every worker reaches" in err
     assert "postgresql" in err
+
+
+def test_local_workers_mode_runs_the_jobs_on_an_in_process_cluster(tmp_path: Path) -> None:
+    service = write_service(
+        tmp_path / "svc",
+        [{"jobName": "where", "workerEntry": "svc_workers.where"}],
+        workers=WORKERS,
+    )
+    for n in (1, 2):
+        sample_series(tmp_path / "in" / f"s{n}", description=f"series {n}")
+    proc = _cli(
+        "--store", str(tmp_path / "store"), "--json", "run", str(service), str(tmp_path / "in"),
+        "--workers", "2",
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    jobs = [j for s in report["sessions"] for j in s["jobs"] if j["job_name"] == "where"]
+    assert len(jobs) == 2 and all(j["status"] == "succeeded" for j in jobs)
+    assert all(j["worker"].startswith("tcp://127.0.0.1:") and j["attempts"] == 1 for j in jobs)
+    # each job ran from the worker's unpacked copy of the service, not from its folder
+    assert all("dcm-service-services" in j["result"]["code"] for j in jobs)
+    assert not any(j["result"]["code"].startswith(str(service)) for j in jobs)
+    assert report["cluster"]["dashboard"].startswith("http://127.0.0.1:")
+
+
+def test_resume_refuses_an_unknown_run_and_input_with_it(tmp_path: Path) -> None:
+    service = write_service(tmp_path / "svc", [{"jobName": "j"}])
+    sample_series(tmp_path / "in")
+    store = ["--store", str(tmp_path / "store")]
+    first = _cli(*store, "--json", "run", str(service), str(tmp_path / "in"), "--keep-session")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    run_id = json.loads(out)["run_id"]
+    both = _cli(*store, "run", str(service), str(tmp_path / "in"), "--resume", run_id)
+    _, err = both.communicate(timeout=60)
+    assert both.returncode == 2 and "not both" in err
+    unknown = _cli(*store, "run", str(service), "--resume", "nosuchrun")
+    _, err = unknown.communicate(timeout=60)
+    assert unknown.returncode != 0
+    assert "--resume 'nosuchrun': no unfinished session of that run" in err
+    assert run_id in err  # the kept session's run is listed
+    # the kept session's run resumes: its one job succeeded, so nothing runs again
+    again = _cli(*store, "--json", "run", str(service), "--resume", run_id)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    report = json.loads(out)
+    assert report["resumed_done"] == 1
+    assert [j["job_name"] for j in report["sessions"][0]["jobs"]] == ["j", "post-services"]
+
+
+def test_manifest_resources_and_worker_become_placement(tmp_path: Path) -> None:
+    service = write_service(
+        tmp_path / "ok",
+        [{"jobName": "seg", "resources": {"GPU": 1, "MEM": 2.5}, "worker": "gpu-env"}],
+    )
+    (job,) = load_manifest(service).jobs
+    assert job.placement == {"GPU": 1.0, "MEM": 2.5, "gpu-env": 1.0}
+    bad = write_service(tmp_path / "bad", [{"jobName": "seg", "resources": {"GPU": -1}}])
+    with pytest.raises(ServiceError, match=r"resources.*'GPU': -1 - write a resource name"):
+        load_manifest(bad)
+    assert unmet_resources({"GPU": 1}, {"a": {"GPU": 1}}) is None
+    why = unmet_resources({"GPU": 2}, {"tcp://a:1": {"GPU": 1}, "tcp://b:1": {}})
+    assert why is not None and "GPU=2" in why and "tcp://b:1: no resources" in why

@@ -19,7 +19,9 @@ Modules, in the order a run uses them:
 * :mod:`.graph` - a session's job graph (pre -> series -> study -> patient -> post) and
   the ``dependsOn`` rules;
 * :mod:`.executors` - where the jobs run: :class:`Executor` (the seam),
-  :class:`LocalExecutor` (each job in its own process, :mod:`.job_process`);
+  :class:`LocalExecutor` (each job in its own process, :mod:`.job_process`),
+  :class:`DaskExecutor` (the jobs on a Dask cluster; :mod:`.window` keeps several
+  sessions open there, :mod:`.resume` continues a run from the store);
   :mod:`.processes` finds and ends a job's processes;
 * :mod:`.runner` - :class:`Runner`: the orchestration of a run;
 * :mod:`.report` - what a run did (:class:`RunReport`, :class:`SessionRun`,
@@ -39,6 +41,7 @@ from .._lazy import lazy_attributes
 
 __all__ = [
     "CheckReport",
+    "DaskExecutor",
     "EntryPoint",
     "Executor",
     "JobOutcome",
@@ -71,6 +74,7 @@ _WHERE = {
     "load_manifest": "manifest",
     "manifest_for_function": "manifest",
     "parse_timeout": "manifest",
+    "DaskExecutor": "executors.dask_executor",
     "Executor": "executors.base",
     "JobOutcome": "executors.base",
     "JobTask": "executors.base",
