@@ -141,8 +141,10 @@ def _cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     )
 
 
-def _worker_of(cluster: DaskCluster, address: str | None) -> int:
-    return next(i for i, w in enumerate(cluster.workers) if w.dask_address == address)
+def _one_job_service(tmp_path: Path, worker: str, params: dict[str, Any]) -> Path:
+    """A service of one series job running ``WORKERS``' ``worker`` with ``params``."""
+    job = {"jobName": worker, "workerEntry": f"svc_workers.{worker}", "params": params}
+    return write_service(tmp_path / "svc", [job], workers=WORKERS)
 
 
 # --------------------------------------------------------------------- tests
@@ -267,11 +269,7 @@ def test_a_worker_killed_mid_job_is_retried_on_the_other_and_nothing_is_doubled(
     cluster: tuple[DaskCluster, PostgresServer], pg: Any, tmp_path: Path
 ) -> None:
     dask, _ = cluster
-    service = write_service(
-        tmp_path / "svc",
-        [{"jobName": "slow", "workerEntry": "svc_workers.slow", "params": {"seconds": 4}}],
-        workers=WORKERS,
-    )
+    service = _one_job_service(tmp_path, "slow", {"seconds": 4})
     for n in (1, 2):
         sample_series(tmp_path / "in" / f"s{n}", description=f"series {n}")
     store = pg()
@@ -339,11 +337,7 @@ def test_a_killed_runner_resumes_and_every_job_succeeds_exactly_once_after(
     cluster: tuple[DaskCluster, PostgresServer], pg: Any, tmp_path: Path
 ) -> None:
     dask, _ = cluster
-    service = write_service(
-        tmp_path / "svc",
-        [{"jobName": "step", "workerEntry": "svc_workers.step", "params": {"seconds": 1.5}}],
-        workers=WORKERS,
-    )
+    service = _one_job_service(tmp_path, "step", {"seconds": 1.5})
     for n in range(6):
         sample_series(tmp_path / "in" / f"s{n}", description=f"series {n}")
     url, name = pg()

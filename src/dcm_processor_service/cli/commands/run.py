@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,30 +109,31 @@ def _register_peer(store: Any, peer: str | None, peer_address: str | None) -> st
     return saved.name
 
 
-def _cluster_client(address: Any, cluster: str | None, workers: int | None) -> Any:
-    """A Dask client for ``--cluster`` / ``--workers``, or ``None`` (this machine)."""
+@contextlib.contextmanager
+def _cluster_client(address: Any, cluster: str | None, workers: int | None) -> Iterator[Any]:
+    """A Dask client for ``--cluster`` / ``--workers`` (closed at the end, with the
+    in-process cluster it started), or ``None`` (this machine)."""
     if cluster and workers:
         raise click.UsageError("give --cluster ADDRESS or --workers N, not both")
     if cluster is None and workers is None:
-        return None
+        yield None
+        return
     from ...runner.executors.dask_cluster import connect_cluster, start_local_cluster
 
-    if cluster is not None:
-        if address.provider == "sqlite":
-            raise click.UsageError(
-                "--cluster needs a store every worker reaches: a sqlite file on this machine "
-                "is not - use --db-provider postgresql --db-url postgresql://HOST/... (or "
-                "--workers N to run on this machine only)"
-            )
-        return connect_cluster(cluster)
-    return start_local_cluster(workers or 1)
-
-
-def _close_client(client: Any) -> None:
-    cluster = getattr(client, "cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
+    if cluster is not None and address.provider == "sqlite":
+        raise click.UsageError(
+            "--cluster needs a store every worker reaches: a sqlite file on this machine "
+            "is not - use --db-provider postgresql --db-url postgresql://HOST/... (or "
+            "--workers N to run on this machine only)"
+        )
+    client = connect_cluster(cluster) if cluster is not None else start_local_cluster(workers or 1)
+    local = getattr(client, "cluster", None)
+    try:
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
 
 
 def execute_run(
@@ -155,110 +157,71 @@ def execute_run(
     ``cluster`` or ``workers``; ``resume``: continue that run instead), draw the
     progress, print the summary (or the JSON report); the exit code. ``expect_job``:
     fail unless that job succeeded (the demo's check)."""
-    overrides = parse_params(params)
-    address = state.store_address()
-    client = _cluster_client(address, cluster, workers)
-    try:
-        return _execute(
-            state,
-            manifest,
-            inputs,
-            overrides=overrides,
-            address=address,
-            client=client,
-            resume=resume,
-            peer=peer,
-            peer_address=peer_address,
-            output=output,
-            keep_session=keep_session,
-            cleanup_on_failure=cleanup_on_failure,
-            work_dir=work_dir,
-            expect_job=expect_job,
-        )
-    finally:
-        if client is not None:
-            _close_client(client)
-
-
-def _execute(
-    state: CliState,
-    manifest: Any,
-    inputs: Sequence[str],
-    *,
-    overrides: dict[str | None, dict[str, Any]],
-    address: Any,
-    client: Any,
-    resume: str | None,
-    peer: str | None,
-    peer_address: str | None,
-    output: str | None,
-    keep_session: bool,
-    cleanup_on_failure: bool,
-    work_dir: str | None,
-    expect_job: str | None,
-) -> int:
     from ...runner.runner import Runner
 
-    with address.open() as store:
-        peer_name = _register_peer(store, peer, peer_address)
-    folder = state.store_folder()
-    if work_dir is None and folder is not None:
-        work_dir = str(folder / "runs" / time.strftime("%Y%m%d-%H%M%S"))
-    console_class = Console if client is None else BatchConsole
-    console = console_class(
-        sys.stderr,
-        show_output=state.verbose >= 1,
-        enabled=not state.json or sys.stderr.isatty(),
-    )
-    jobs = ", ".join(j.name + (" (disabled)" if j.disabled else "") for j in manifest.jobs)
-    console.line(f"service {manifest.name} {manifest.version}: {jobs}")
-    executor = None
-    if client is not None:
-        from ...runner.executors.dask_executor import DaskExecutor
-
-        executor = DaskExecutor(client, service_root=manifest.root)
-        workers = len(client.scheduler_info(n_workers=-1).get("workers") or {})
-        console.line(
-            f"cluster {client.scheduler.address}: {workers} worker(s); dashboard "
-            f"{executor.dashboard_link or 'none'}"
+    overrides = parse_params(params)
+    address = state.store_address()
+    with _cluster_client(address, cluster, workers) as client:
+        with address.open() as store:
+            peer_name = _register_peer(store, peer, peer_address)
+        folder = state.store_folder()
+        if work_dir is None and folder is not None:
+            work_dir = str(folder / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+        console_class = Console if client is None else BatchConsole
+        console = console_class(
+            sys.stderr,
+            show_output=state.verbose >= 1,
+            enabled=not state.json or sys.stderr.isatty(),
         )
-    runner = Runner(
-        manifest,
-        db_provider=address.provider,
-        db_url=address.url,
-        db_name=address.name,
-        peer=peer_name,
-        params=overrides,
-        keep_session=keep_session,
-        cleanup_on_failure=cleanup_on_failure,
-        output_dir=output,
-        work_dir=work_dir,
-        observer=console,
-        job_log_level="DEBUG" if state.verbose >= 2 else "INFO",
-        executor=executor,
-        run_id=resume,
-    )
-    with state.progress_on(console):
-        report = runner.resume() if resume else runner.run(inputs)
-    if state.json:
-        data = report.to_dict()
-        if executor is not None:
-            data["cluster"] = {
-                "scheduler": client.scheduler.address,
-                "dashboard": executor.dashboard_link,
-            }
-        print_json(data)
-    else:
-        out(run_summary(report))
-        details = failure_details(report)
-        if details:
-            err(details)
-    if expect_job and not any(
-        j.job_name == expect_job and j.status == JobStatus.SUCCEEDED for j in report.jobs
-    ):
-        err(f"error: job {expect_job!r} did not run on the input (see the summary)")
-        return 1
-    return report.exit_code
+        jobs = ", ".join(j.name + (" (disabled)" if j.disabled else "") for j in manifest.jobs)
+        console.line(f"service {manifest.name} {manifest.version}: {jobs}")
+        executor = None
+        if client is not None:
+            from ...runner.executors.dask_executor import DaskExecutor
+
+            executor = DaskExecutor(client, service_root=manifest.root)
+            count = len(client.scheduler_info(n_workers=-1).get("workers") or {})
+            console.line(
+                f"cluster {client.scheduler.address}: {count} worker(s); dashboard "
+                f"{executor.dashboard_link or 'none'}"
+            )
+        runner = Runner(
+            manifest,
+            db_provider=address.provider,
+            db_url=address.url,
+            db_name=address.name,
+            peer=peer_name,
+            params=overrides,
+            keep_session=keep_session,
+            cleanup_on_failure=cleanup_on_failure,
+            output_dir=output,
+            work_dir=work_dir,
+            observer=console,
+            job_log_level="DEBUG" if state.verbose >= 2 else "INFO",
+            executor=executor,
+            run_id=resume,
+        )
+        with state.progress_on(console):
+            report = runner.resume() if resume else runner.run(inputs)
+        if state.json:
+            data = report.to_dict()
+            if executor is not None:
+                data["cluster"] = {
+                    "scheduler": client.scheduler.address,
+                    "dashboard": executor.dashboard_link,
+                }
+            print_json(data)
+        else:
+            out(run_summary(report))
+            details = failure_details(report)
+            if details:
+                err(details)
+        if expect_job and not any(
+            j.job_name == expect_job and j.status == JobStatus.SUCCEEDED for j in report.jobs
+        ):
+            err(f"error: job {expect_job!r} did not run on the input (see the summary)")
+            return 1
+        return report.exit_code
 
 
 @click.command()

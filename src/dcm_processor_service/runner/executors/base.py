@@ -16,15 +16,16 @@ same three methods; it may run independent tasks at the same time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..._errors import ServiceError
 from ...store.records import JobStatus
 from ..entries import EntryPoint
 
-__all__ = ["SKIPPED", "Executor", "JobListener", "JobOutcome", "JobTask"]
+__all__ = ["SKIPPED", "Executor", "JobListener", "JobOutcome", "JobTask", "check_after"]
 
 #: Status of a task that did not run because a task it comes ``after`` did not succeed.
 SKIPPED = JobStatus.SKIPPED
@@ -66,6 +67,16 @@ class JobTask:
             "log_level": self.log_level,
             "result_path": str(result_path),
         }
+
+
+def check_after(task: JobTask, submitted: Container[str]) -> None:
+    """Refuse ``task`` when a task it comes after was not submitted before it."""
+    unknown = [k for k in task.after if k not in submitted]
+    if unknown:
+        raise ServiceError(
+            f"task {task.key!r} comes after {', '.join(map(repr, unknown))}, not submitted "
+            "yet - submit a task after the tasks it comes after"
+        )
 
 
 @dataclass

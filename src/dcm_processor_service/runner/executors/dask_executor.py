@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ..._context import ENV_PREFIX
-from ..._errors import ServiceError
 from ...store.records import JobStatus
-from .base import SKIPPED, JobListener, JobOutcome, JobTask
+from .base import SKIPPED, JobListener, JobOutcome, JobTask, check_after
 from .dask_cluster import ship_service, worker_resources
 from .dask_worker import ShippedService, run_on_worker
 
@@ -135,12 +134,7 @@ class DaskExecutor:
     # ------------------------------------------------------------------ seam
     def submit(self, task: JobTask) -> None:
         """Accept ``task``: it goes to Dask once the tasks it comes after succeeded."""
-        unknown = [k for k in task.after if k not in self._tasks]
-        if unknown:
-            raise ServiceError(
-                f"task {task.key!r} comes after {', '.join(map(repr, unknown))}, not submitted "
-                "yet - submit a task after the tasks it comes after"
-            )
+        check_after(task, self._tasks)
         self._tasks[task.key] = task
         self._waiting[task.key] = task
         self._advance(task.key)

@@ -37,11 +37,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from ..._errors import ServiceError
 from ..._safe_text import TextBounder, bound_text, mask_secrets
 from ...store.records import JobStatus
 from ..processes import MARKER_VARIABLE, end_processes
-from .base import SKIPPED, JobListener, JobOutcome, JobTask
+from .base import SKIPPED, JobListener, JobOutcome, JobTask, check_after
 
 __all__ = ["LocalExecutor", "OutputLines", "make_private_dir", "run_job_process"]
 
@@ -311,12 +310,7 @@ class LocalExecutor:
 
     def submit(self, task: JobTask) -> None:
         """Queue ``task``: it runs after the tasks submitted before it."""
-        unknown = [k for k in task.after if k not in self._submitted]
-        if unknown:
-            raise ServiceError(
-                f"task {task.key!r} comes after {', '.join(map(repr, unknown))}, not submitted "
-                "yet - submit a task after the tasks it comes after"
-            )
+        check_after(task, self._submitted)
         self._submitted.add(task.key)
         self._queue.append(task)
 
