@@ -100,20 +100,10 @@ class SessionJobs:
         self.running: set[str] = set()
         self.waiting: set[str] = set()  # submitted, outcome not recorded yet
 
-    def run(self, executor: Executor, done: Sequence[JobNode] = ()) -> None:
-        """Submit every job of the graph (in graph order) but those ``done`` already (a
-        resumed run: they count as succeeded) and record each outcome."""
-        self.submit(executor, done)
-        try:
-            for key, outcome in executor.outcomes(self):
-                self.record(key, outcome)
-        except BaseException as exc:  # a signal: the running jobs' processes were ended
-            executor.cancel()
-            self.stopped(exc)
-            raise
-
     def submit(self, executor: Executor, done: Sequence[JobNode] = ()) -> None:
-        """Submit the jobs of the graph but those ``done`` (see :meth:`run`)."""
+        """Submit every job of the graph (in graph order) but those ``done`` already (a
+        resumed run: they count as succeeded); the runner then passes each outcome the
+        executor gives back to :meth:`record` (see :class:`~.window.SessionWindow`)."""
         finished = {node.key for node in done}
         for node in done:
             self.session.jobs.append(node.run)
