@@ -513,3 +513,23 @@ def test_manifest_resources_and_worker_become_placement(tmp_path: Path) -> None:
     assert unmet_resources({"GPU": 1}, {"a": {"GPU": 1}}) is None
     why = unmet_resources({"GPU": 2}, {"tcp://a:1": {"GPU": 1}, "tcp://b:1": {}})
     assert why is not None and "GPU=2" in why and "tcp://b:1: no resources" in why
+
+
+def test_heartbeat_keeps_beating_for_the_jobs_of_sessions_still_open(tmp_path: Path) -> None:
+    # several sessions are open at once on a cluster: closing one must not stop the
+    # heartbeat of another one's running jobs (their records would look abandoned)
+    from dcm_processor_service.runner.ownership import Heartbeat
+
+    url = str(tmp_path / "store")
+    with open_store("sqlite", url) as db:
+        first, second = db.ensure_session(), db.ensure_session()
+        job_a = db.create_job(first.id, "a", "stable-series")
+        job_b = db.create_job(second.id, "b", "stable-series")
+        with Heartbeat(lambda: open_store("sqlite", url), interval=0.05) as beat:
+            beat.watch(first.id, job_a.id)
+            beat.watch(second.id, job_b.id)
+            beat.release(second.id)  # the second session closes first
+            time.sleep(0.2)
+            seen = db.get_job(job_a.id).heartbeat_at
+            time.sleep(0.3)
+            assert seen is not None and db.get_job(job_a.id).heartbeat_at > seen
