@@ -7,24 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..._errors import ServiceError
 from ..console import err, out, print_json
 from ..options import CliState, pass_state, peer_address_option, peer_option, uses_store
 from .run import execute_run
 
 __all__ = ["demo", "demo_data"]
-
-
-def _example_service() -> Path | None:
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parents[4] / "examples" / "threshold-service",  # the source checkout
-        Path.cwd() / "examples" / "threshold-service",
-    ]
-    for candidate in candidates:
-        if (candidate / "dcm-processor.json").is_file():
-            return candidate
-    return None
 
 
 @click.command("demo-data")
@@ -71,7 +58,7 @@ def demo_data(
     "service_dir",
     default=None,
     type=click.Path(exists=True),
-    help="The example service (default: examples/threshold-service of this checkout).",
+    help="The service to run (default: the example threshold-service bundled with the package).",
 )
 @peer_option("Send the results to this peer of the store.")
 @peer_address_option("Send the results to this DICOM node.")
@@ -93,15 +80,11 @@ def demo(
     """The README's main job in one go: generate a synthetic CT into OUT/input, run
     the example threshold service on it (embedded store), export the results to
     OUT/results, and print the summary."""
+    from ...bundled import example_service
     from ...runner.manifest import load_manifest
     from ...runner.sample_data import make_sample_data
 
-    service = Path(service_dir) if service_dir else _example_service()
-    if service is None:
-        raise ServiceError(
-            "the example service was not found (it lives in examples/threshold-service of the "
-            "source checkout) - pass --service PATH"
-        )
+    service = Path(service_dir) if service_dir else example_service()
     out_path = Path(out_dir)
     input_dir, results_dir = out_path / "input", out_path / "results"
     for old in input_dir.glob("CT_*.dcm") if input_dir.is_dir() else ():
