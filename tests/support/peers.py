@@ -147,14 +147,16 @@ def _openssl(*args: str, cwd: Path) -> None:
     )
 
 
-def make_ca(directory: str | os.PathLike[str], name: str = "ca") -> tuple[Path, Path]:
-    """A self-signed CA in ``directory``: returns (certificate, key)."""
+def make_ca(
+    directory: str | os.PathLike[str], name: str = "ca", *, days: int = 2
+) -> tuple[Path, Path]:
+    """A self-signed CA in ``directory``, valid for ``days``: returns (certificate, key)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     cert, key = d / f"{name}.crt", d / f"{name}.key"
     _openssl(
         "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key.name, "-out", cert.name,
-        "-days", "2", "-subj", f"/CN=dcm-processor-service test CA {name}",
+        "-days", str(days), "-subj", f"/CN=dcm-processor-service test CA {name}",
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         "-addext", "subjectKeyIdentifier=hash",
@@ -171,9 +173,11 @@ def issue_certificate(
     dns: Sequence[str] = (),
     ips: Sequence[str] = (),
     client: bool = False,
+    days: int = 2,
 ) -> tuple[Path, Path]:
     """A certificate signed by ``ca`` = (cert, key) with the given subjectAltNames;
-    ``client=True`` makes a TLS client certificate. Returns (certificate, key)."""
+    ``client=True`` makes a TLS client certificate. It is valid for ``days`` from now
+    (``days=-1``: it expired a day ago). Returns (certificate, key)."""
     d = Path(directory)
     cert, key, csr, ext = d / f"{name}.crt", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
     sans = [f"DNS:{n}" for n in dns] + [f"IP:{i}" for i in ips]
@@ -192,7 +196,7 @@ def issue_certificate(
              "-subj", f"/CN={cn}", cwd=d)  # fmt: skip
     _openssl(
         "x509", "-req", "-in", csr.name, "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-        "-CAcreateserial", "-out", cert.name, "-days", "2", "-extfile", ext.name,
+        "-CAcreateserial", "-out", cert.name, "-days", str(days), "-extfile", ext.name,
         cwd=d,
     )  # fmt: skip
     return cert, key

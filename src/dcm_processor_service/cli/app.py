@@ -18,6 +18,8 @@ Commands (one module each under :mod:`.commands`)::
     dcm-service peers add|list|remove|echo
     dcm-service sessions list|show|clean
     dcm-service db init|gc
+    dcm-service doctor                    check the node: what is wrong, how to fix it
+    dcm-service --version                 our version and our dependencies'
 
 ``-v`` and ``--json`` are accepted on the group and on every command; so are the
 store options (:mod:`.options`) on the group and every command that uses a store.
@@ -46,7 +48,7 @@ from .._errors import (
     ServiceError,
 )
 from .._safe_text import MaskingFormatter
-from .commands import convert, db, demo, ingest, peers, run, send, service, sessions
+from .commands import convert, db, demo, doctor, ingest, peers, run, send, service, sessions
 from .console import ConsoleLogHandler, err
 from .options import CliState, state_of, store_options
 
@@ -125,8 +127,30 @@ def _global_options(json_help: str) -> list[click.Option]:
 
 
 # ------------------------------------------------------------------------ group
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--version``: ours and the versions a bug report needs, then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from ..doctor.versions import version_lines
+
+    rows = version_lines()
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"dcm-service {rows[0][1]}")
+    for name, version in rows[1:]:
+        click.echo(f"  {name:{width}}  {version}")
+    ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="dcm-processor-service", prog_name="dcm-service")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show our version and those of pydicom, pynetdicom, highdicom, nibabel, dcm2niix "
+    "and the store drivers, then exit.",
+)
 @store_options
 def cli() -> None:
     """Run dcm-processor services locally, exactly as the platform's worker would,
@@ -163,6 +187,7 @@ _register(
     peers.peers,
     sessions.sessions,
     db.db,
+    doctor.doctor,
 )
 
 
