@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import dcm_processor_service
 from dcm_processor_service.cli import main
 from dcm_processor_service.doctor import Finding, Status
 from dcm_processor_service.doctor.x509 import certificate_dates, pem_certificates
@@ -109,6 +110,7 @@ def test_version_lists_ours_and_the_libraries(capsys: pytest.CaptureFixture[str]
         for line in text.splitlines()[1:]
     )
     assert text.splitlines()[0] == f"dcm-service {metadata.version('dcm-processor-service')}"
+    assert dcm_processor_service.__version__ == metadata.version("dcm-processor-service")
     for name in ("pydicom", "pynetdicom", "highdicom", "nibabel", "numpy"):
         assert lines[name] == metadata.version(name)
     from dcm_processor_service.imaging.nifti_read import find_dcm2niix

@@ -170,42 +170,77 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (kept equal to _
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def get_db_info() -> tuple[str | None, str | None, str | None]:
-    """``(provider, url, name)`` of the job's store, from the runtime context."""
+    """``(provider, url, name)`` of the job's store, from the runtime context; a part
+    whose variable is unset is ``None`` (as in the original).
+
+    Raises:
+        InvalidInputError: ``DCM-PROCESSOR-SERVICE-JOB-EVENT`` is set to an unknown event.
+    """
     ctx = current_context()
     return ctx.db_provider, ctx.db_url, ctx.db_name
 
 
 def get_session_id() -> str:
-    """The current session id (``DCM-PROCESSOR-SERVICE-SESSION-ID``)."""
+    """The current session id (``DCM-PROCESSOR-SERVICE-SESSION-ID``).
+
+    Raises:
+        MissingContextError: ``DCM-PROCESSOR-SERVICE-SESSION-ID`` (or its underscore spelling) is not set.
+        InvalidInputError: it is set to blanks.
+    """
     return current_context().require("session_id")
 
 
 def get_job_id() -> str:
-    """The current job id (``DCM-PROCESSOR-SERVICE-JOB-ID``)."""
+    """The current job id (``DCM-PROCESSOR-SERVICE-JOB-ID``).
+
+    Raises:
+        MissingContextError: ``DCM-PROCESSOR-SERVICE-JOB-ID`` (or its underscore spelling) is not set.
+        InvalidInputError: it is set to blanks.
+    """
     return current_context().require("job_id")
 
 
 def get_job_event() -> str:
-    """The event that triggered the job: stable-series, stable-study or stable-patient."""
+    """The event that triggered the job: stable-series, stable-study or stable-patient.
+
+    Raises:
+        MissingContextError: ``DCM-PROCESSOR-SERVICE-JOB-EVENT`` (or its underscore spelling) is not set.
+        InvalidInputError: it is set to blanks.
+    """
     return current_context().require("job_event")
 
 
 def get_job_name() -> str:
-    """The current job's name (``DCM-PROCESSOR-SERVICE-JOB-NAME``)."""
+    """The current job's name (``DCM-PROCESSOR-SERVICE-JOB-NAME``).
+
+    Raises:
+        MissingContextError: ``DCM-PROCESSOR-SERVICE-JOB-NAME`` (or its underscore spelling) is not set.
+        InvalidInputError: it is set to blanks.
+    """
     return current_context().require("job_name")
 
 
 def get_job_service_name() -> str:
-    """The name of the service the job belongs to."""
+    """The name of the service the job belongs to.
+
+    Raises:
+        MissingContextError: ``DCM-PROCESSOR-SERVICE-JOB-SERVICE-NAME`` (or its underscore spelling) is not set.
+        InvalidInputError: it is set to blanks.
+    """
     return current_context().require("job_service_name")
 
 
 def get_peer_id() -> str:
-    """The id of the peer the session's images came from."""
+    """The id of the peer the session's images came from.
+
+    Raises:
+        MissingContextError: ``DCM-PROCESSOR-SERVICE-PEER-ID`` (or its underscore spelling) is not set.
+        InvalidInputError: it is set to blanks.
+    """
     return current_context().require("peer_id")
 
 

@@ -159,6 +159,9 @@ def use_context(
     The context variables of ``os.environ`` (both spellings) are replaced for the
     duration of the block and restored afterwards. Not thread-safe: the process
     environment is global.
+
+    Raises:
+        InvalidInputError: ``values`` names a field :class:`RuntimeContext` does not have.
     """
     effective = (ctx or RuntimeContext()).replace(**values) if values else (ctx or RuntimeContext())
     saved = {k: v for k, v in os.environ.items() if k in _CONTEXT_VARIABLES}

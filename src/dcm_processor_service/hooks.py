@@ -34,7 +34,15 @@ def _session_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 
 def run_pre_services(*args: Any, store: Store | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Open (or re-open) the session in the store and mark it running."""
+    """Open (or re-open) the session in the store and mark it running.
+
+    The session id is the first positional argument, else ``session_id=``, else the
+    job's context. Returns ``{"session_id", "status"}``.
+
+    Raises:
+        MissingContextError: no session id given and none in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     session_id = _session_id(args, kwargs)
     store = store or store_for()
     ctx = current_context()
@@ -46,7 +54,12 @@ def run_pre_services(*args: Any, store: Store | None = None, **kwargs: Any) -> d
 
 def run_post_services(*args: Any, store: Store | None = None, **kwargs: Any) -> CleanupReport:
     """Remove the session's data, files and stored images, then the session itself.
-    Returns how many of each were removed (all zero on a second run)."""
+    Returns how many of each were removed (all zero on a second run).
+
+    Raises:
+        MissingContextError: no session id given and none in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     session_id = _session_id(args, kwargs)
     store = store or store_for()
     report = {

@@ -75,6 +75,13 @@ def add_peer(
     for one without authentication). A DICOMweb-only peer may leave out ``aet``/``host``/
     ``port``: the record then holds the URL's host and port and the AE title
     ``"DICOMWEB"`` (the platform's peer records need all three).
+
+    Raises:
+        InvalidInputError: a bad name, AE title (1-16 characters, no backslash), host,
+            port (1-65535), a TLS file that does not exist, or neither ``aet``/``host``/
+            ``port`` nor ``dicomweb``.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+        MissingContextError: no ``store`` given and no store in the job's context.
     """
     if isinstance(dicomweb, str):
         dicomweb = DicomWebEndpoint(dicomweb)
@@ -115,12 +122,22 @@ def add_peer(
 
 
 def list_peers(*, store: Store | None = None) -> list[Peer]:
-    """All peers, sorted by name."""
+    """All peers, sorted by name.
+
+    Raises:
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+        MissingContextError: no ``store`` given and no store in the job's context.
+    """
     return _store(store).list_peers()
 
 
 def remove_peer(name: str, *, store: Store | None = None) -> bool:
-    """Remove a peer by name or id; ``False`` if there was none."""
+    """Remove a peer by name or id; ``False`` if there was none.
+
+    Raises:
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+        MissingContextError: no ``store`` given and no store in the job's context.
+    """
     return _store(store).remove_peer(name)
 
 

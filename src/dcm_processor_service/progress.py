@@ -71,6 +71,10 @@ def report_progress(
 
     Returns the progress values written, or ``None`` when nothing was written (outside
     a job, or throttled).
+
+    Raises:
+        InvalidInputError: ``percent`` is not a number (or is NaN).
+        StorageError: the store failed to record it.
     """
     if percent is not None:
         try:

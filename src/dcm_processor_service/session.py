@@ -292,23 +292,48 @@ def _open_source(file: FileSource, name: str) -> Any:
 
 # ------------------------------------------------------------- compatible API
 def set_session_data(name: str, value: Any) -> None:
-    """Store ``value`` under (session, current job, ``name``), replacing any previous value."""
+    """Store ``value`` under (session, current job, ``name``), replacing any previous value.
+
+    Raises:
+        InvalidInputError: ``name`` is empty, too long or has control characters.
+        InvalidInputError: ``value`` is not JSON-serialisable (or is NaN/infinite).
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     JobSession.current().set_data(name, value)
 
 
 def get_session_data(name: str, default: Any = None, job_name: str | None = None) -> Any:
     """The value of ``name`` for the current job, or for ``job_name`` of the same
-    session and event; ``default`` when absent."""
+    session and event; ``default`` when absent.
+
+    Raises:
+        InvalidInputError: ``name`` (or ``job_name``) is empty, too long or has control characters.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().get_data(name, default, job_name)
 
 
 def has_session_data(name: str, job_name: str | None = None) -> bool:
-    """Whether ``name`` is stored for the current job (or ``job_name``)."""
+    """Whether ``name`` is stored for the current job (or ``job_name``).
+
+    Raises:
+        InvalidInputError: ``name`` (or ``job_name``) is empty, too long or has control characters.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().has_data(name, job_name)
 
 
 def remove_session_data(name: str) -> bool:
-    """Remove the current job's value ``name``; ``False`` if there was none."""
+    """Remove the current job's value ``name``; ``False`` if there was none.
+
+    Raises:
+        InvalidInputError: ``name`` is empty, too long or has control characters.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().remove_data(name)
 
 
@@ -319,7 +344,17 @@ def upload_session_file(
     content_type: str | None = None,
     ext: str | None = None,
 ) -> str:
-    """Store a path, bytes or binary file object as session file ``name``; returns its id."""
+    """Store a path, bytes or binary file object as session file ``name``; returns its id.
+
+    The bytes are streamed and checksummed; uploading ``name`` again replaces the
+    previous version atomically.
+
+    Raises:
+        InvalidInputError: a bad ``name``, a path that does not exist or is a folder,
+            ``file`` of another type, ``meta`` not a JSON-serialisable dict.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().upload_file(file, name, meta, content_type, ext)
 
 
@@ -327,22 +362,50 @@ def download_session_file(
     name: str, filename: str | os.PathLike[str] | None = None, job_name: str | None = None
 ) -> str | io.BytesIO | None:
     """Session file ``name`` written to ``filename`` (returned) or as ``BytesIO``; ``None``
-    when absent."""
+    when absent.
+
+    A download to ``filename`` appears there only once complete and verified.
+
+    Raises:
+        InvalidInputError: a bad ``name``/``job_name``, ``filename`` is a folder.
+        IntegrityError: the stored bytes do not match their recorded sha256 or size.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().download_file(name, filename, job_name)
 
 
 def get_session_file(
     name: str, select: Iterable[str] | None = None, job_name: str | None = None
 ) -> dict[str, Any] | None:
-    """Metadata record of session file ``name`` or ``None``."""
+    """Metadata record of session file ``name`` (id, name, size, content type, sha256,
+    ``meta``, timestamps; only the ``select`` fields when given) or ``None``.
+
+    Raises:
+        InvalidInputError: a bad ``name``/``job_name``, an unknown field in ``select``.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().file_info(name, select, job_name)
 
 
 def has_session_file(name: str, job_name: str | None = None) -> bool:
-    """Whether session file ``name`` exists."""
+    """Whether session file ``name`` exists.
+
+    Raises:
+        InvalidInputError: ``name`` (or ``job_name``) is empty, too long or has control characters.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().has_file(name, job_name)
 
 
 def remove_session_file(name: str) -> bool:
-    """Remove the current job's session file ``name``; ``False`` if there was none."""
+    """Remove the current job's session file ``name``; ``False`` if there was none.
+
+    Raises:
+        InvalidInputError: ``name`` is empty, too long or has control characters.
+        MissingContextError: outside a job: no session (``DCM-PROCESSOR-SERVICE-SESSION-ID``) or job id in the environment.
+        StorageError: the store failed (:class:`StoreUnavailableError` when it cannot be reached).
+    """
     return JobSession.current().remove_file(name)

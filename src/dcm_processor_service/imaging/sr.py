@@ -151,6 +151,12 @@ def make_text_report(
     ``findings`` / ``impressions`` are a text or a list of texts. ``is_final`` marks the
     report COMPLETE (else PARTIAL); it is never marked VERIFIED (no human signed it).
     Returns a :class:`highdicom.sr.EnhancedSR` (a pydicom Dataset).
+
+    Raises:
+        InvalidInputError: no finding text, or a text or description that breaks
+            its DICOM value rules.
+        DicomInputError: a source image that is not a readable DICOM file.
+        MissingDependencyError: highdicom is not installed.
     """
     hd = import_highdicom("structured reports")
     finding_texts = _texts(findings, "findings")
@@ -257,6 +263,13 @@ def make_measurement_report(
     and the extra ``measurements[segment_number]``. ``procedure_reported`` defaults from
     the source modality (CT/MR unspecified body region, else "Imaging procedure").
     Returns a :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset).
+
+    Raises:
+        InvalidInputError: ``measurements`` for a segment number the segmentation does
+            not have, or an item that is not a :class:`MeasurementInfo`.
+        DicomInputError: ``segmentation`` or a source image is not a readable DICOM
+            file (or not a Segmentation).
+        MissingDependencyError: highdicom is not installed.
     """
     hd = import_highdicom("structured reports")
     seg = read_dataset(segmentation, "segmentation", pixels=True)

@@ -555,6 +555,11 @@ def get_simplified_json(
     >>> header = get_simplified_json(ds, n_slices=120)
     >>> header["PatientName"], header["PatientAge"], header["Slices"]
     ('Doe^John', 45, 120)
+
+    Raises:
+        InvalidInputError: no dataset given, or given both as ``ds`` and ``dataset``,
+            or one of another type.
+        DicomInputError: the path is not a readable DICOM file (named in the message).
     """
     if ds is not None and dataset is not None:
         raise InvalidInputError("give the dataset once: as 'ds' or as 'dataset', not both")

@@ -92,7 +92,15 @@ class SendMethods:
     ) -> list[Dataset]:
         """Send a file, or every file under a folder (recursively); return one status
         dataset per instance. A DICOMDIR met in the folder is skipped. ``kwargs``: the
-        per-call connection overrides of :meth:`with_overrides`."""
+        per-call connection overrides of :meth:`with_overrides`.
+
+        Raises:
+            InvalidInputError: ``path`` does not exist.
+            NetworkError: after the retries, instances are left unsent because the
+                connection failed (DIMSE: :class:`PeerUnreachableError`,
+                :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
+                :class:`TLSError`; each with ``.report``, see the sender's ``send``).
+        """
         if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
             raise InvalidInputError(f"invalid 'path' value {path!r} - no such file or folder")
         return self._compat_send(path, filter_callback, kwargs)
@@ -104,7 +112,15 @@ class SendMethods:
         **kwargs: Any,
     ) -> list[Dataset]:
         """Send the listed files; a missing or unreadable file gets a failure status and
-        the others are still sent. ``kwargs``: per-call connection overrides."""
+        the others are still sent. ``kwargs``: per-call connection overrides.
+
+        Raises:
+            InvalidInputError: an item of ``filelist`` is not a path.
+            NetworkError: after the retries, instances are left unsent because the
+                connection failed (DIMSE: :class:`PeerUnreachableError`,
+                :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
+                :class:`TLSError`; each with ``.report``, see the sender's ``send``).
+        """
         files = [filelist] if isinstance(filelist, (str, os.PathLike)) else list(filelist)
         for i, item in enumerate(files):
             if not isinstance(item, (str, os.PathLike)):
@@ -120,7 +136,15 @@ class SendMethods:
         **kwargs: Any,
     ) -> list[Dataset]:
         """Send pydicom datasets (one, or an iterable); reported as ``"dataset #i"``.
-        ``kwargs``: per-call connection overrides."""
+        ``kwargs``: per-call connection overrides.
+
+        Raises:
+            InvalidInputError: an item is not a pydicom ``Dataset``.
+            NetworkError: after the retries, instances are left unsent because the
+                connection failed (DIMSE: :class:`PeerUnreachableError`,
+                :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
+                :class:`TLSError`; each with ``.report``, see the sender's ``send``).
+        """
         items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
         for i, item in enumerate(items):
             if not isinstance(item, Dataset):
@@ -136,7 +160,15 @@ class SendMethods:
         **kwargs: Any,
     ) -> list[Dataset]:
         """Send the instances a DICOMDIR references (``filename`` may also be the folder
-        holding the DICOMDIR). ``kwargs``: per-call connection overrides."""
+        holding the DICOMDIR). ``kwargs``: per-call connection overrides.
+
+        Raises:
+            InvalidInputError: there is no DICOMDIR at ``filename``.
+            NetworkError: after the retries, instances are left unsent because the
+                connection failed (DIMSE: :class:`PeerUnreachableError`,
+                :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
+                :class:`TLSError`; each with ``.report``, see the sender's ``send``).
+        """
         path = Path(filename)
         if path.is_dir():
             path = path / "DICOMDIR"
