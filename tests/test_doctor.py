@@ -24,7 +24,7 @@ from dcm_processor_service.cli import main
 from dcm_processor_service.doctor import Finding, Status
 from dcm_processor_service.doctor.x509 import certificate_dates, pem_certificates
 from support.cli import cli_json
-from support.peers import OPENSSL, issue_certificate, make_ca, run_storescp
+from support.peers import OPENSSL, TLSFiles, issue_certificate, make_ca, run_storescp
 from support.postgres import PostgresServer, free_port, sanitize_db_name
 
 pytestmark = pytest.mark.network
@@ -201,26 +201,36 @@ def test_peer_that_is_down_fails_with_a_fix(
     assert "start the peer" in echo["fix"]
 
 
-def test_tls_peer_certificates(
-    tmp_path: Path, pki: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
-) -> None:
-    from support.peers import TLSFiles
-
+def _doctor_on_tls_peer(
+    tmp_path: Path,
+    pki: dict[str, tuple[Path, Path]],
+    server: str,
+    name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, Any]:
+    """``doctor`` on a store whose one peer ``name`` is a TLS ``storescp`` presenting
+    the certificate ``pki[server]`` (we present ``pki["client"]``, trusting ``pki["ca"]``)."""
     store = str(tmp_path / "store")
-    ca, server, client = pki["ca"], pki["server"], pki["client"]
-    tls = TLSFiles(ca[0], ca[1], server[0], server[1], client[0], client[1])
+    ca, cert, client = pki["ca"], pki[server], pki["client"]
+    tls = TLSFiles(ca[0], ca[1], cert[0], cert[1], client[0], client[1])
     with run_storescp(tmp_path / "received", tls=tls) as scp:
         assert main([
-            "peers", "add", "secure", scp.aet, "127.0.0.1", str(scp.port), "--tls",
+            "peers", "add", name, scp.aet, "127.0.0.1", str(scp.port), "--tls",
             "--ca-file", str(ca[0]), "--cert-file", str(client[0]), "--key-file", str(client[1]),
             "--store", store,
         ]) == 0  # fmt: skip
-        code, report = _doctor(capsys, "--store", store)
+        return _doctor(capsys, "--store", store)
+
+
+def test_tls_peer_certificates(
+    tmp_path: Path, pki: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = _doctor_on_tls_peer(tmp_path, pki, "server", "secure", capsys)
     assert code == 0, [f for f in report["findings"] if f["status"] != "ok"]
     assert _one(report, "peer/secure/echo")["status"] == "ok"
     cert = _one(report, "peer/secure/certificate")
     assert cert["status"] == "ok"
-    assert cert["details"]["not_after"] == _openssl_not_after(server[0]).isoformat()
+    assert cert["details"]["not_after"] == _openssl_not_after(pki["server"][0]).isoformat()
     for field in ("cert_file", "ca_file"):
         assert _one(report, f"peer/secure/{field}")["status"] == "ok"
 
@@ -228,22 +238,11 @@ def test_tls_peer_certificates(
 def test_tls_peer_with_an_expired_certificate_fails(
     tmp_path: Path, pki: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from support.peers import TLSFiles
-
-    store = str(tmp_path / "store")
-    ca, expired, client = pki["ca"], pki["expired"], pki["client"]
-    tls = TLSFiles(ca[0], ca[1], expired[0], expired[1], client[0], client[1])
-    with run_storescp(tmp_path / "received", tls=tls) as scp:
-        assert main([
-            "peers", "add", "stale", scp.aet, "127.0.0.1", str(scp.port), "--tls",
-            "--ca-file", str(ca[0]), "--cert-file", str(client[0]), "--key-file", str(client[1]),
-            "--store", store,
-        ]) == 0  # fmt: skip
-        code, report = _doctor(capsys, "--store", store)
+    code, report = _doctor_on_tls_peer(tmp_path, pki, "expired", "stale", capsys)
     assert code == 1
     cert = _one(report, "peer/stale/certificate")
     assert cert["status"] == "fail"
-    when = _openssl_not_after(expired[0]).strftime("%Y-%m-%d %H:%M UTC")
+    when = _openssl_not_after(pki["expired"][0]).strftime("%Y-%m-%d %H:%M UTC")
     assert f"expired on {when}" in cert["message"]
     assert "renew" in cert["fix"]
     echo = _one(report, "peer/stale/echo")
@@ -281,6 +280,11 @@ def test_healthy_postgresql_store(
         options = ("--db-provider", "postgresql", "--db-url", url)
         code, report = _doctor(capsys, *options)
         assert _one(report, "store/schema")["status"] == "warn"  # an empty database
+        assert _one(report, "store/reachable")["status"] == "ok"
+        assert postgres_server.sql(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            dbname=name,
+        ) == [(0,)]  # the doctor created nothing
         assert main(["db", "init", *options]) == 0
         code, report = _doctor(capsys, *options)
         assert code == 0, [f for f in report["findings"] if f["status"] != "ok"]

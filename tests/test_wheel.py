@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,11 +60,16 @@ def test_the_wheel_holds_the_example_service_and_imports_from_itself(
     assert re.search(
         r"^\s+dcm2niix\s+\d+\.\d+\.\d+ \(" + re.escape(str(venv.site_packages)), proc.stdout, re.M
     )
-    module = __import__("subprocess").run(
+    module = subprocess.run(
         [str(venv.bin / "python"), "-m", "dcm_processor_service", "--version"],
         cwd=tmp_path, env=venv.env(), capture_output=True, text=True,
     )  # fmt: skip
     assert module.returncode == 0 and module.stdout == proc.stdout
+    where = subprocess.run(
+        [str(venv.bin / "python"), "-c", "import dcm_processor_service as d; print(d.__file__)"],
+        cwd=tmp_path, env=venv.env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(venv.site_packages)
 
 
 def test_demo_runs_the_bundled_example(venv: WheelVenv, tmp_path: Path) -> None:

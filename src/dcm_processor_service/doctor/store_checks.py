@@ -82,6 +82,7 @@ class StoreProbe:
         self.where = f"{self.kind} store {mask_secrets(address.url)}"
         self.store: Store | None = None
         self._schema_present = False
+        self._server_answered = False
 
     # ------------------------------------------------------------------ driver
     def run(self) -> list[Finding]:
@@ -219,6 +220,7 @@ class StoreProbe:
                     ).fetchone()
                 except psycopg.errors.UndefinedTable:
                     row = None
+                self._server_answered = True
         except psycopg.Error as exc:
             return [self._unreachable(exc)]
         except DcmProcessorError as exc:  # a malformed URL
@@ -252,7 +254,16 @@ class StoreProbe:
                 )
             ]
         if not self._schema_present and self.kind == "postgresql":
-            return []  # the schema check reported why (unreachable, or no schema yet)
+            if not self._server_answered:
+                return []  # the schema check reported it unreachable
+            return [
+                Finding(
+                    "store/reachable",
+                    Status.OK,
+                    f"{self.where} answers (not opened further: it has no schema yet, "
+                    "and the doctor leaves it unchanged)",
+                )
+            ]
         started = time.perf_counter()
         try:
             store = self.address.open()
