@@ -345,3 +345,29 @@ def test_text_output_names_problem_and_fix(
     assert re.search(r"^\s+fix: start the peer", text, re.M)
     assert "ok    package" not in text  # -q: only problems
     assert "node NOT healthy" in text
+
+
+# -------------------------------------------------------------------------- DICOMweb
+def test_dicomweb_peer_gets_a_qido_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from support.dicomweb import PASSWORD, USER, dicomweb_url, run_orthanc_dicomweb
+
+    store = str(tmp_path / "store")
+    monkeypatch.setenv("DOCTOR_WEB_PW", PASSWORD)
+    monkeypatch.setenv("DOCTOR_WEB_BAD_PW", "not-" + PASSWORD)
+    with run_orthanc_dicomweb(tmp_path / "orthanc") as orthanc:
+        for name, secret in (("web", "env:DOCTOR_WEB_PW"), ("badpw", "env:DOCTOR_WEB_BAD_PW")):
+            assert main([
+                "peers", "add", name, "--dicomweb", dicomweb_url(orthanc), "--username", USER,
+                "--secret", secret, "--store", store,
+            ]) == 0  # fmt: skip
+        code, report = _doctor(capsys, "--store", store)
+    assert code == 1
+    good = _one(report, "peer/web/qido")
+    assert good["status"] == "ok" and good["details"]["status"] == 0
+    assert "peer/web/echo" not in _findings(report)  # a DICOMweb-only peer: no C-ECHO
+    bad = _one(report, "peer/badpw/qido")
+    assert bad["status"] == "fail" and "refused our credentials" in bad["message"]
+    assert "secret" in bad["fix"]
+    assert PASSWORD not in str(report)

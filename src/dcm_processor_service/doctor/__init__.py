@@ -10,8 +10,9 @@
 - :mod:`.store_checks`: the store reachable, its schema version (read, never changed),
   writable (a probe session, removed again), free space, and the clock skew against
   the database server;
-- :mod:`.peer_checks`: every peer of the store answers C-ECHO (latency), and a TLS
-  peer's certificates are valid and not about to expire.
+- :mod:`.peer_checks`: every peer of the store answers C-ECHO (a DICOMweb peer: a
+  QIDO-RS probe), with latency, and a TLS peer's certificates are valid and not about
+  to expire.
 
 :mod:`.versions` also backs ``dcm-service --version``.
 """

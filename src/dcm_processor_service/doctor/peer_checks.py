@@ -1,18 +1,21 @@
-"""The doctor's checks of each peer of the store: a DICOM C-ECHO (answer and
-latency) and, for a TLS peer, the certificates - the peer's own (read during a TLS
-handshake, also when it does not verify) and the files the peer record names (our
-client certificate, the CA bundle) - with the days left before they expire."""
+"""The doctor's checks of each peer of the store: a DICOM C-ECHO, or for a DICOMweb
+peer a QIDO-RS probe (answer and latency), and, for a TLS or HTTPS peer, the
+certificates - the peer's own (read during a TLS handshake, also when it does not
+verify) and the files the record names (our client certificate, the CA bundle) - with
+the days left before they expire."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .._errors import (
     AssociationAbortedError,
     AssociationRejectedError,
     DcmProcessorError,
+    PeerAuthError,
     PeerUnreachableError,
     TLSError,
 )
@@ -31,7 +34,114 @@ _CERT_HAS_EXPIRED = 10
 
 
 def _label(peer: Peer) -> str:
+    if peer.dicomweb is not None:
+        return peer.dicomweb.url
     return f"{peer.aet}@{peer.host}:{peer.port}{' (TLS)' if peer.tls else ''}"
+
+
+@dataclass(frozen=True)
+class _TLSTarget:
+    """Where a peer speaks TLS, and the files its record names for it."""
+
+    name: str
+    label: str
+    host: str
+    port: int
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    fix_record: str  #: how to change the record's files
+
+
+def _tls_target(peer: Peer) -> _TLSTarget | None:
+    if peer.dicomweb is not None:
+        web = peer.dicomweb
+        if not web.url.startswith("https://"):
+            return None
+        return _TLSTarget(
+            peer.name,
+            web.url,
+            web.host,
+            web.port,
+            web.ca_file,
+            web.cert_file,
+            web.key_file,
+            f"dcm-service peers add {peer.name} --dicomweb URL ...",
+        )
+    if not peer.tls:
+        return None
+    return _TLSTarget(
+        peer.name,
+        _label(peer),
+        peer.host,
+        peer.port,
+        peer.ca_file,
+        peer.cert_file,
+        peer.key_file,
+        f"dcm-service peers add {peer.name} ...",
+    )
+
+
+def _qido(peer: Peer, timeout: float) -> Finding:
+    from ..net.dicomweb.stow import StowSender
+
+    check = f"peer/{peer.name}/qido"
+    where = f"DICOMweb peer {peer.name} ({_label(peer)})"
+    try:
+        sender = StowSender.for_peer(
+            peer, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout
+        )
+        result = sender.send_echo()
+    except PeerUnreachableError as exc:
+        return Finding(
+            check,
+            Status.FAIL,
+            f"{where} is down or unreachable: {exc}",
+            "start the peer's DICOMweb service, or check the URL "
+            f"(dcm-service peers add {peer.name} --dicomweb URL replaces it) "
+            "and any firewall or proxy between",
+        )
+    except PeerAuthError as exc:
+        return Finding(
+            check,
+            Status.FAIL,
+            f"{where} refused our credentials: {exc}",
+            "check the user name and the secret the record references (the "
+            "environment variable or file it names) and that it has not expired",
+        )
+    except TLSError as exc:
+        return Finding(
+            check,
+            Status.FAIL,
+            f"{where}: TLS failed: {exc}",
+            "see the peer's certificate findings; check ca_file, cert_file and key_file",
+        )
+    except DcmProcessorError as exc:
+        return Finding(
+            check,
+            Status.FAIL,
+            f"{where}: QIDO-RS probe failed: {exc}",
+            "check the URL (the DICOMweb root, e.g. http://host:8042/dicom-web) and the peer's log",
+        )
+    details = {
+        "status": result.status,
+        "latency_s": round(result.latency_s, 4),
+        "total_s": round(result.total_s, 4),
+    }
+    if not result:
+        return Finding(
+            check,
+            Status.FAIL,
+            f"{where}: QIDO-RS probe failed: {result.error}",
+            "check that the URL is the DICOMweb root and QIDO-RS is enabled on the peer",
+            details,
+        )
+    return Finding(
+        check,
+        Status.OK,
+        f"{where} answers a QIDO-RS query in {result.latency_s * 1000:.1f} ms",
+        details=details,
+    )
 
 
 def _echo(peer: Peer, timeout: float) -> Finding:
@@ -126,17 +236,14 @@ def _expiry(check: str, what: str, dates: CertificateDates, fix: str) -> Finding
     )
 
 
-def _file_certificates(peer: Peer) -> list[Finding]:
+def _file_certificates(target: _TLSTarget) -> list[Finding]:
     findings = []
     for field_name, what in (("cert_file", "our client certificate"), ("ca_file", "CA bundle")):
-        path = getattr(peer, field_name)
+        path = getattr(target, field_name)
         if not path:
             continue
-        check = f"peer/{peer.name}/{field_name}"
-        fix = (
-            f"renew it and update the peer record (dcm-service peers add {peer.name} ... "
-            f"--{field_name.replace('_', '-')} NEW.pem)"
-        )
+        check = f"peer/{target.name}/{field_name}"
+        fix = f"renew it and update the peer record ({target.fix_record})"
         try:
             certificates = pem_certificates(path)
         except OSError as exc:
@@ -177,35 +284,35 @@ def _file_certificates(peer: Peer) -> list[Finding]:
     return findings
 
 
-def _handshake(peer: Peer, context: ssl.SSLContext, timeout: float) -> bytes | None:
+def _handshake(target: _TLSTarget, context: ssl.SSLContext, timeout: float) -> bytes | None:
     """The peer's certificate (DER) after a TLS handshake with ``context``; the
-    connection is closed again before any DICOM is spoken."""
+    connection is closed again before any DICOM or HTTP is spoken."""
     with (
-        socket.create_connection((peer.host, peer.port), timeout=timeout) as raw,
-        context.wrap_socket(raw, server_hostname=peer.host) as tls,
+        socket.create_connection((target.host, target.port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=target.host) as tls,
     ):
         return tls.getpeercert(binary_form=True)
 
 
-def _server_certificate(peer: Peer, timeout: float) -> list[Finding]:
-    check = f"peer/{peer.name}/certificate"
-    what = f"the certificate of peer {peer.name} ({_label(peer)})"
+def _server_certificate(target: _TLSTarget, timeout: float) -> list[Finding]:
+    check = f"peer/{target.name}/certificate"
+    what = f"the certificate of peer {target.name} ({target.label})"
     fix = "renew the peer's certificate (on the PACS) with the CA our ca_file trusts"
     try:
         context = build_client_ssl_context(
-            ca_file=peer.ca_file, cert_file=peer.cert_file, key_file=peer.key_file
+            ca_file=target.ca_file, cert_file=target.cert_file, key_file=target.key_file
         )
     except DcmProcessorError as exc:
         return [
             Finding(
                 check,
                 Status.FAIL,
-                f"peer {peer.name}: TLS settings unusable: {exc}",
-                f"fix the peer record's TLS files (dcm-service peers add {peer.name} ...)",
+                f"peer {target.name}: TLS settings unusable: {exc}",
+                f"fix the peer record's TLS files ({target.fix_record})",
             )
         ]
     try:
-        der = _handshake(peer, context, timeout)
+        der = _handshake(target, context, timeout)
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code != _CERT_HAS_EXPIRED:
             return [
@@ -217,7 +324,7 @@ def _server_certificate(peer: Peer, timeout: float) -> list[Finding]:
                     "(or put the peer's CA into ca_file)",
                 )
             ]
-        return [_expired_server_certificate(peer, check, what, fix, timeout)]
+        return [_expired_server_certificate(target, check, what, fix, timeout)]
     except ssl.SSLError as exc:
         return [
             Finding(
@@ -228,24 +335,24 @@ def _server_certificate(peer: Peer, timeout: float) -> list[Finding]:
             )
         ]
     except OSError:
-        return []  # not reachable: the echo finding says so
+        return []  # not reachable: the echo (or QIDO-RS) finding says so
     if not der:
         return [Finding(check, Status.FAIL, f"{what}: the peer sent no certificate", fix)]
     return [_expiry(check, what, certificate_dates(der), fix)]
 
 
 def _expired_server_certificate(
-    peer: Peer, check: str, what: str, fix: str, timeout: float
+    target: _TLSTarget, check: str, what: str, fix: str, timeout: float
 ) -> Finding:
     """Read the dates of a certificate that failed verification as expired: a second
     handshake without verification (only to read it; nothing is sent)."""
     reader = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     reader.check_hostname = False
     reader.verify_mode = ssl.CERT_NONE
-    if peer.cert_file:
-        reader.load_cert_chain(peer.cert_file, peer.key_file)
+    if target.cert_file:
+        reader.load_cert_chain(target.cert_file, target.key_file)
     try:
-        der = _handshake(peer, reader, timeout)
+        der = _handshake(target, reader, timeout)
         if der:
             return _expiry(check, what, certificate_dates(der), fix)
     except (OSError, ValueError):
@@ -254,10 +361,18 @@ def _expired_server_certificate(
 
 
 def check_peer(peer: Peer, timeout: float = 5.0) -> list[Finding]:
-    """C-ECHO ``peer``; for a TLS peer, check its certificate and the record's
-    certificate files too."""
-    findings = [_echo(peer, timeout)]
-    if peer.tls:
-        findings += _server_certificate(peer, timeout)
-        findings += _file_certificates(peer)
+    """C-ECHO ``peer``; a DICOMweb peer gets a QIDO-RS probe instead (and the C-ECHO as
+    well when its record names a DIMSE node too, not the DICOMweb-only AE title). For
+    a TLS (or HTTPS) peer, check its certificate and the record's certificate files."""
+    from ..peers import DICOMWEB_ONLY_AET
+
+    findings = []
+    if peer.dicomweb is not None:
+        findings.append(_qido(peer, timeout))
+    if peer.dicomweb is None or peer.aet != DICOMWEB_ONLY_AET:  # a DIMSE node too
+        findings.append(_echo(peer, timeout))
+    target = _tls_target(peer)
+    if target is not None:
+        findings += _server_certificate(target, timeout)
+        findings += _file_certificates(target)
     return findings

@@ -29,7 +29,7 @@ def doctor(state: CliState, timeout: float, quiet: bool) -> int:
     """Check this node: package and dependency versions, the dcm2niix binary,
     highdicom and the store drivers, the environment a job would see, the store
     (reachable, schema, writable, free space, clock skew) and every peer of the store
-    (C-ECHO latency, TLS certificates). Each problem comes with a fix. Exit code 1
+    (C-ECHO or QIDO-RS latency, TLS certificates). Each problem comes with a fix. Exit code 1
     when any check failed."""
     from ...doctor import Status, run_doctor
 
