@@ -20,6 +20,7 @@ from .._errors import (
     TLSError,
 )
 from ..net.options import CALLING_AET_ENV
+from ..net.results import EchoResult
 from ..net.tls import build_client_ssl_context, describe_ssl_error
 from ..store.records import Peer
 from .findings import Finding, Status
@@ -82,6 +83,36 @@ def _tls_target(peer: Peer) -> _TLSTarget | None:
     )
 
 
+def _answer(check: str, where: str, probe: str, result: EchoResult, refused_fix: str) -> Finding:
+    """The finding for a peer that answered ``probe`` (C-ECHO or QIDO-RS): ok with the
+    latency, or failed with ``refused_fix`` when its answer was a failure."""
+    details = {
+        "status": result.status,
+        "latency_s": round(result.latency_s, 4),
+        "total_s": round(result.total_s, 4),
+    }
+    if not result:
+        return Finding(
+            check, Status.FAIL, f"{where}: {probe} failed: {result.error}", refused_fix, details
+        )
+    return Finding(
+        check,
+        Status.OK,
+        f"{where} answers {probe} in {result.latency_s * 1000:.1f} ms "
+        f"({result.total_s * 1000:.0f} ms with connection set-up)",
+        details=details,
+    )
+
+
+def _tls_failed(check: str, where: str, exc: TLSError) -> Finding:
+    return Finding(
+        check,
+        Status.FAIL,
+        f"{where}: TLS failed: {exc}",
+        "see the peer's certificate findings; check ca_file, cert_file and key_file",
+    )
+
+
 def _qido(peer: Peer, timeout: float) -> Finding:
     from ..net.dicomweb.stow import StowSender
 
@@ -110,12 +141,7 @@ def _qido(peer: Peer, timeout: float) -> Finding:
             "environment variable or file it names) and that it has not expired",
         )
     except TLSError as exc:
-        return Finding(
-            check,
-            Status.FAIL,
-            f"{where}: TLS failed: {exc}",
-            "see the peer's certificate findings; check ca_file, cert_file and key_file",
-        )
+        return _tls_failed(check, where, exc)
     except DcmProcessorError as exc:
         return Finding(
             check,
@@ -123,24 +149,12 @@ def _qido(peer: Peer, timeout: float) -> Finding:
             f"{where}: QIDO-RS probe failed: {exc}",
             "check the URL (the DICOMweb root, e.g. http://host:8042/dicom-web) and the peer's log",
         )
-    details = {
-        "status": result.status,
-        "latency_s": round(result.latency_s, 4),
-        "total_s": round(result.total_s, 4),
-    }
-    if not result:
-        return Finding(
-            check,
-            Status.FAIL,
-            f"{where}: QIDO-RS probe failed: {result.error}",
-            "check that the URL is the DICOMweb root and QIDO-RS is enabled on the peer",
-            details,
-        )
-    return Finding(
+    return _answer(
         check,
-        Status.OK,
-        f"{where} answers a QIDO-RS query in {result.latency_s * 1000:.1f} ms",
-        details=details,
+        where,
+        "QIDO-RS probe",
+        result,
+        "check that the URL is the DICOMweb root and QIDO-RS is enabled on the peer",
     )
 
 
@@ -176,12 +190,7 @@ def _echo(peer: Peer, timeout: float) -> Finding:
             "to the title it knows) and check that the peer's AE title is right",
         )
     except TLSError as exc:
-        return Finding(
-            check,
-            Status.FAIL,
-            f"{where}: TLS failed: {exc}",
-            "see the peer's certificate findings; check ca_file, cert_file and key_file",
-        )
+        return _tls_failed(check, where, exc)
     except (AssociationAbortedError, DcmProcessorError) as exc:
         return Finding(
             check,
@@ -189,26 +198,13 @@ def _echo(peer: Peer, timeout: float) -> Finding:
             f"{where}: C-ECHO failed: {exc}",
             "check the peer's log; it accepted the connection but not the echo",
         )
-    details = {
-        "status": result.status,
-        "latency_s": round(result.latency_s, 4),
-        "total_s": round(result.total_s, 4),
-    }
-    if not result:
-        return Finding(
-            check,
-            Status.FAIL,
-            f"{where}: C-ECHO failed: {result.error}",
-            "the peer answered but refused the echo: enable the Verification "
-            "SOP class on it, or check its log",
-            details,
-        )
-    return Finding(
+    return _answer(
         check,
-        Status.OK,
-        f"{where} answers C-ECHO in {result.latency_s * 1000:.1f} ms "
-        f"({result.total_s * 1000:.0f} ms with association set-up)",
-        details=details,
+        where,
+        "C-ECHO",
+        result,
+        "the peer answered but refused the echo: enable the Verification SOP class on it, "
+        "or check its log",
     )
 
 
