@@ -573,3 +573,20 @@ def test_bearer_and_basic_headers_come_from_the_reference(
     with open_client(bearer) as client:
         assert client.headers["Authorization"] == "Bearer tok-123"
     assert "tok-123" not in repr(bearer) and "tok-123" not in json.dumps(bearer.to_dict())
+
+
+def test_a_dimse_sender_for_a_peer_does_not_load_httpx() -> None:
+    # choosing the sender is on every job's send path: a DIMSE peer must not pay for the
+    # HTTP client (about 0.1 s of imports), nor a session-data-only job for either
+    code = (
+        "import sys\n"
+        "from dcm_processor_service.net.peer_sender import sender_for_peer\n"
+        "from dcm_processor_service.store.records import Peer\n"
+        "peer = Peer(name='P', aet='PACS', host='127.0.0.1', port=104)\n"
+        "sender = sender_for_peer(peer)\n"
+        "print(type(sender).__name__, 'httpx' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["DicomSender", "False"]

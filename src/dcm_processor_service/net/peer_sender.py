@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInputError
 from ..store.records import Peer
-from .dicomweb.stow import StowSender
-from .query import use_dicomweb
+from .protocol import use_dicomweb
 from .sender import DicomSender
+
+if TYPE_CHECKING:  # imported when a DICOMweb peer is used: a DIMSE send never loads httpx
+    from .dicomweb.stow import StowSender
 
 __all__ = ["sender_for_peer"]
 
@@ -32,6 +34,8 @@ def sender_for_peer(
                 "'additional_syntaxes' are DIMSE negotiation settings (pass protocol='dimse' "
                 "to send by DIMSE)"
             )
+        from .dicomweb.stow import StowSender
+
         return StowSender.for_peer(peer, **options)
     return DicomSender.for_peer(
         peer, additional_sops=additional_sops, additional_syntaxes=additional_syntaxes, **options

@@ -28,10 +28,10 @@ from ..store.records import Peer
 from .dicomweb.auth import open_client
 from .dicomweb.qido_wado import qido
 from .options import default_calling_ae_title
+from .protocol import use_dicomweb
 from .qr_dimse import c_find
 
 __all__ = [
-    "PROTOCOLS",
     "PeerLike",
     "SeriesMatch",
     "StudyMatch",
@@ -39,13 +39,11 @@ __all__ = [
     "find_series",
     "find_studies",
     "resolve_peer",
-    "use_dicomweb",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: How to talk to a peer: ``None`` = DICOMweb when the peer has an endpoint, else DIMSE.
-PROTOCOLS: Final = (None, "dicomweb", "dimse")
 
 PeerLike = str | Peer | None
 
@@ -166,17 +164,6 @@ def resolve_peer(peer: PeerLike, store: Store | None = None) -> Peer:
             "unset) - pass peer='NAME'"
         )
     return (store if store is not None else store_for()).get_peer(name)
-
-
-def use_dicomweb(peer: Peer, protocol: str | None) -> bool:
-    """Whether to talk DICOMweb to ``peer`` (``protocol``: one of :data:`PROTOCOLS`)."""
-    if protocol not in PROTOCOLS:
-        raise InvalidInputError(
-            f"invalid 'protocol' value {protocol!r} - must be 'dicomweb', 'dimse' or None"
-        )
-    if protocol == "dicomweb" and peer.dicomweb is None:
-        raise InvalidInputError(f"peer {peer.name!r} has no DICOMweb endpoint")
-    return peer.dicomweb is not None and protocol != "dimse"
 
 
 # -- values ------------------------------------------------------------------------------

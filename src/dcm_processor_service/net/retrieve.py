@@ -32,8 +32,9 @@ from ..store.records import Peer
 from .dicomweb.auth import open_client
 from .dicomweb.qido_wado import wado
 from .options import default_calling_ae_title
+from .protocol import use_dicomweb
 from .qr_dimse import c_get, c_move
-from .query import PeerLike, resolve_peer, use_dicomweb
+from .query import PeerLike, resolve_peer
 
 __all__ = ["METHODS", "retrieve_series", "retrieve_study"]
 
