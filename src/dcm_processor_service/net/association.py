@@ -8,8 +8,8 @@ costs about 3 ms per instance on loopback: 300 CT slices of 512x512 take 1.0 s w
 with this package (``benchmarks/bench_send.py``). We do the same protocol work on the
 caller's thread with one socket, in layers as pynetdicom separates them:
 
-* :mod:`.pdu` - the PDUs as bytes (A-ASSOCIATE with pynetdicom's own PDU classes, so the
-  negotiation is pynetdicom's, byte for byte);
+* :mod:`.pdu` - the PDUs as bytes (A-ASSOCIATE-RQ written byte for byte as pynetdicom
+  writes it; neither pynetdicom nor pydicom is imported on this path);
 * :mod:`.dimse` - command sets, and messages split into P-DATA-TF PDUs;
 * :mod:`.transport` - socket I/O against whole-step deadlines (non-blocking + poll,
   ``TCP_NODELAY``/``TCP_QUICKACK``, TLS);
@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn
 
-from pydicom.dataset import Dataset
-
 from .._errors import AssociationRejectedError, NetworkError, PeerUnreachableError
 from .dimse import (
     C_ECHO_RSP,
     C_STORE_RSP,
     VERIFICATION_SOP_CLASS,
+    DimseStatus,
     FileRegion,
     MessageWriter,
     PayloadError,
@@ -280,9 +279,9 @@ class Association:
         payload: bytes | memoryview | FileRegion,
         *,
         priority: int = 0,
-    ) -> Dataset:
-        """Send one C-STORE-RQ and return the response status dataset (``Status`` plus
-        ``ErrorComment``/``OffendingElement``... when the peer sent them).
+    ) -> DimseStatus:
+        """Send one C-STORE-RQ and return the response status (``status`` plus the
+        error comment / offending elements... when the peer sent them).
 
         ``payload`` is the encoded dataset in the context's transfer syntax: bytes, or a
         :class:`~.dimse.FileRegion` streamed from the file.
@@ -315,8 +314,8 @@ class Association:
             self._send_message(self._writer.batches(context_id, command, data=memoryview(payload)))
         return self._await_response(msg_id, C_STORE_RSP)
 
-    def c_echo(self) -> Dataset:
-        """Send a C-ECHO-RQ on the Verification context; return the status dataset."""
+    def c_echo(self) -> DimseStatus:
+        """Send a C-ECHO-RQ on the Verification context; return the response status."""
         accepted = self.accepted_for(VERIFICATION_SOP_CLASS)
         if not accepted:
             raise ValueError(f"{self.label} did not accept the Verification SOP class")
@@ -392,7 +391,7 @@ class Association:
             timed_out=None if timed_out is None else aborted(timed_out),
         )
 
-    def _await_response(self, msg_id: int, command_field: int) -> Dataset:
+    def _await_response(self, msg_id: int, command_field: int) -> DimseStatus:
         """The response to request ``msg_id``, which was sent in full: whatever goes
         wrong now leaves its outcome in doubt (the error is marked ``in_doubt``)."""
         try:
@@ -401,7 +400,7 @@ class Association:
             mark_in_doubt(exc)
             raise
 
-    def _read_response(self, msg_id: int, command_field: int) -> Dataset:
+    def _read_response(self, msg_id: int, command_field: int) -> DimseStatus:
         sock = self._require_socket()
         fragments: list[bytes] = []
         until = deadline(self._timeouts.dimse)  # for the whole response, all its PDUs

@@ -25,16 +25,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from pydicom.uid import (
-    UID,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
+from .._uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    JPEG2000_LOSSLESS,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    UNCOMPRESSED_LE,
+    is_compressed,
 )
-
 from .pdu import NegotiatedContext, ProposedContext
 from .results import STATUS_CANNOT_CONVERT, STATUS_SOP_CLASS_NOT_SUPPORTED
 
@@ -50,16 +48,18 @@ __all__ = [
 #: Presentation contexts one A-ASSOCIATE-RQ may carry (PS3.8 9.3.2.2: ids 1, 3 ... 255).
 MAX_CONTEXTS: Final = 128
 
-UNCOMPRESSED_LE: Final = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
-_UNCOMPRESSED: Final = (*UNCOMPRESSED_LE, str(ExplicitVRBigEndian))
+_UNCOMPRESSED: Final = (*UNCOMPRESSED_LE, EXPLICIT_VR_BIG_ENDIAN)
 # Lossless encodings pydicom can write, tried when a peer accepts only compressed data.
-_LOSSLESS_TARGETS: Final = (str(RLELossless), str(JPEGLSLossless), str(JPEG2000Lossless))
+_LOSSLESS_TARGETS: Final = (RLE_LOSSLESS, JPEG_LS_LOSSLESS, JPEG2000_LOSSLESS)
 
 Conversion = Literal["none", "reencode", "decompress", "compress"]
 
 
 def uid_name(uid: str) -> str:
-    """``'CT Image Storage (1.2.840.10008.5.1.4.1.1.2)'`` - a UID with its name if known."""
+    """``'CT Image Storage (1.2.840.10008.5.1.4.1.1.2)'`` - a UID with its name if known
+    (from pydicom's dictionary: only messages need it)."""
+    from pydicom.uid import UID
+
     name = UID(uid).name
     return f"{name} ({uid})" if name and name != uid else uid
 
@@ -177,10 +177,14 @@ def choose_route(
     by_ts = {c.transfer_syntax: c for c in reversed(accepted)}  # first accepted wins
     if stored_ts in by_ts:
         return Route(by_ts[stored_ts].context_id, stored_ts, "none")
-    source = UID(stored_ts)
+    compressed = is_compressed(stored_ts)
+    if compressed is None:  # a syntax our table does not know: pydicom's answer
+        from pydicom.uid import UID
+
+        compressed = UID(stored_ts).is_compressed
     for target in _UNCOMPRESSED:
         if target in by_ts:
-            conversion: Conversion = "decompress" if source.is_compressed else "reencode"
+            conversion: Conversion = "decompress" if compressed else "reencode"
             return Route(by_ts[target].context_id, target, conversion)
     if has_pixel_data:
         for target in _LOSSLESS_TARGETS:

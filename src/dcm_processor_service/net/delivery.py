@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from .._errors import NetworkError
 from .association import Association
 from .contexts import Route, choose_route, plan_contexts, uid_name
-from .dimse import FileRegion, PayloadError, status_dataset
+from .dimse import DimseStatus, FileRegion, PayloadError
 from .failures import is_in_doubt, is_transient
 from .instances import Instance, build_payload
 from .pdu import ProposedContext
@@ -189,7 +189,7 @@ def _local_result(
         transfer_syntax=route.transfer_syntax if route else None,
         conversion=route.conversion if route else None,
         attempts=inst.attempts,
-        status_dataset=status_dataset(status, error_comment=comment),
+        status_dataset=DimseStatus.of(status, error_comment=comment),
     )
 
 
@@ -406,9 +406,9 @@ def _store_one(ledger: SendLedger, assoc: Association, inst: Instance) -> None:
         raise
     elapsed = time.perf_counter() - t
     ledger.add_time("store_s", elapsed)
-    status = int(rsp.Status)
+    status = rsp.status
     category = StatusCategory.of(status)
-    comment = rsp.get("ErrorComment")
+    comment = rsp.error_comment
     error = None
     if category is not StatusCategory.SUCCESS:
         error = f"peer answered status 0x{status:04X} ({category.value})" + (

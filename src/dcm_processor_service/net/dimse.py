@@ -2,6 +2,9 @@
 sets, a message split into PDUs no longer than the peer accepts, and the response
 command read back into a status dataset.
 
+A response's status is kept as a plain :class:`DimseStatus` (no pydicom on the send
+path); :meth:`DimseStatus.as_dataset` makes it the status dataset pynetdicom would return.
+
 A message is its command set, then (C-STORE) the encoded dataset; each goes out as
 PDVs of at most the peer's maximum PDU length, one PDV per P-DATA-TF PDU.
 :class:`MessageWriter` yields them in batches of at most 4 MiB of data: the dataset is
@@ -16,18 +19,21 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .pdu import P_DATA_HEADER, PduType, ProtocolError, iter_pdvs
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "C_ECHO_RSP",
     "C_STORE_RSP",
     "READ_BLOCK",
     "VERIFICATION_SOP_CLASS",
+    "DimseStatus",
     "FileRegion",
     "MessageWriter",
     "PayloadError",
@@ -128,13 +134,62 @@ def c_echo_rq(message_id: int) -> bytes:
 
 
 # -- responses ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DimseStatus:
+    """The status part of a DIMSE response (PS3.7 C.4): ``status`` plus the optional
+    Error Comment (made a valid LO), Error ID and Offending Element tags."""
+
+    status: int
+    error_comment: str | None = None
+    error_id: int | None = None
+    offending: tuple[int, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        *,
+        error_comment: object = None,
+        error_id: object = None,
+        offending: object = None,
+    ) -> DimseStatus:
+        """The status from a response's values: ``offending`` as (group, element) pairs;
+        an empty comment, a non-integer error id and an empty list are left out."""
+        return cls(
+            int(status),
+            _clean_lo(str(error_comment)) if error_comment else None,
+            error_id if isinstance(error_id, int) else None,
+            tuple((g << 16) | e for g, e in offending) if isinstance(offending, list) else (),
+        )
+
+    @property
+    def Status(self) -> int:
+        """``status``, named as on the status dataset (``rsp.Status`` reads the same on
+        both)."""
+        return self.status
+
+    def as_dataset(self) -> Dataset:
+        """The status dataset as pynetdicom returns it: ``Status`` plus ``ErrorComment``,
+        ``ErrorID`` and ``OffendingElement`` when present (imports pydicom)."""
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.Status = self.status
+        if self.error_comment:
+            ds.ErrorComment = self.error_comment
+        if self.error_id is not None:
+            ds.ErrorID = self.error_id
+        if self.offending:
+            ds.OffendingElement = list(self.offending)
+        return ds
+
+
 class Response(NamedTuple):
-    """A DIMSE response: its command field, the message id it answers, and its status
-    dataset (see :func:`status_dataset`)."""
+    """A DIMSE response: its command field, the message id it answers, and its status."""
 
     command_field: int | None
     message_id: int | None
-    status: Dataset
+    status: DimseStatus
 
 
 def add_command_fragments(pdu: bytes, fragments: list[bytes]) -> bool:
@@ -177,7 +232,7 @@ def parse_response(data: bytes) -> Response:
     return Response(
         field if isinstance(field, int) else None,
         answered if isinstance(answered, int) else None,
-        status_dataset(
+        DimseStatus.of(
             status,
             error_comment=out.get(_ERROR_COMMENT),
             error_id=out.get(_ERROR_ID),
@@ -202,15 +257,9 @@ def status_dataset(
 ) -> Dataset:
     """A status dataset as pynetdicom returns it: ``Status`` plus the optional
     ``ErrorComment`` (made a valid LO), ``ErrorID`` and ``OffendingElement``."""
-    ds = Dataset()
-    ds.Status = int(status)
-    if error_comment:
-        ds.ErrorComment = _clean_lo(str(error_comment))
-    if isinstance(error_id, int):
-        ds.ErrorID = error_id
-    if isinstance(offending, list) and offending:
-        ds.OffendingElement = [(g << 16) | e for g, e in offending]
-    return ds
+    return DimseStatus.of(
+        status, error_comment=error_comment, error_id=error_id, offending=offending
+    ).as_dataset()
 
 
 # -- fragmentation -----------------------------------------------------------------------------

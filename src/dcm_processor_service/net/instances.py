@@ -8,7 +8,8 @@ Meta Information (SOP class, SOP instance, transfer syntax: what negotiation nee
 the header without pixel data (``stop_before_pixels``) is read only when a
 ``filter_callback`` must see it or a file has no usable File Meta Information. Pixel
 data is never decoded unless the instance must be converted for the peer
-(:func:`build_payload`).
+(:func:`build_payload`). Files sent as stored never import pydicom or numpy: they are
+imported by the first dataset, header read or conversion that needs them.
 """
 
 from __future__ import annotations
@@ -18,21 +19,16 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-
-import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from .._errors import DicomInputError
-from ..dicom_values import is_encapsulated, transfer_syntax_of
+from .._uids import EXPLICIT_VR_LITTLE_ENDIAN
 from ..sources import (
     MEDIA_STORAGE_DIRECTORY,
     DicomdirFile,
     Entry,
     Failed,
+    InputFile,
     Inputs,
     Skipped,
     SourceLike,
@@ -42,6 +38,9 @@ from ..sources import (
 )
 from .contexts import Route
 from .dimse import FileRegion
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "MEDIA_STORAGE_DIRECTORY",
@@ -55,7 +54,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FilterCallback = Callable[[Dataset], Any]
+FilterCallback: TypeAlias = "Callable[[Dataset], Any]"
 
 
 @dataclass
@@ -106,18 +105,18 @@ def gather(
                 logger.debug("skipping %s: %s", entry.path, entry.reason)
                 skipped.append(entry.path)
                 continue
-            if isinstance(entry, Dataset):
-                inst = Instance(index=len(instances), source=f"dataset #{n_datasets}")
-                n_datasets += 1
-                _scan_dataset(inst, entry)
-            elif isinstance(entry, Failed):
+            if isinstance(entry, Failed):
                 inst = Instance(index=len(instances), source=entry.path, error=entry.reason)
-            else:
+            elif isinstance(entry, InputFile):
                 inst = Instance(index=len(instances), source=entry.path)
                 _scan_file(inst, Path(entry.path))
                 if inst.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
                     take(inputs.dicomdir(entry))  # followed when named, else skipped
                     continue
+            else:  # a pydicom Dataset
+                inst = Instance(index=len(instances), source=f"dataset #{n_datasets}")
+                n_datasets += 1
+                _scan_dataset(inst, entry)
             if filter_callback is not None and inst.sendable:
                 header = inst.dataset if inst.dataset is not None else _read_header(inst)
                 if header is not None and not filter_callback(header):
@@ -142,6 +141,8 @@ def _scan_file(inst: Instance, path: Path) -> None:
         inst.offset = offset  # deflated data too: its bytes are sent as stored
         return
     # No (usable) File Meta Information: read the header and work from the dataset.
+    from ..dicom_values import transfer_syntax_of
+
     ds = _read_header(inst)
     if ds is None:
         return
@@ -155,11 +156,13 @@ def _scan_file(inst: Instance, path: Path) -> None:
         return
     inst.sop_class_uid = str(sop_class)
     inst.sop_instance_uid = str(sop_instance)
-    inst.transfer_syntax = transfer_syntax_of(ds) or str(ExplicitVRLittleEndian)
+    inst.transfer_syntax = transfer_syntax_of(ds) or EXPLICIT_VR_LITTLE_ENDIAN
     inst.offset = None  # must be read fully and re-encoded
 
 
 def _scan_dataset(inst: Instance, ds: Dataset) -> None:
+    from ..dicom_values import is_encapsulated, transfer_syntax_of
+
     inst.dataset = ds
     sop_class = ds.get("SOPClassUID")
     sop_instance = ds.get("SOPInstanceUID")
@@ -180,7 +183,7 @@ def _scan_dataset(inst: Instance, ds: Dataset) -> None:
                 "file_meta.TransferSyntaxUID saying how it is compressed"
             )
             return
-        ts = str(ExplicitVRLittleEndian)
+        ts = EXPLICIT_VR_LITTLE_ENDIAN
     inst.transfer_syntax = ts
 
 
@@ -198,6 +201,10 @@ def _read_header(inst: Instance) -> Dataset | None:
 
 # -- payloads --------------------------------------------------------------------------
 def _encode(ds: Dataset, ts: str) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
+
     uid = UID(ts)
     fp = DicomBytesIO()
     fp.is_implicit_VR = uid.is_implicit_VR
@@ -220,6 +227,8 @@ _SWAP_WIDTH: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 def _swap_to_little_endian(ds: Dataset) -> None:
     """Byte-swap the binary (OW/OF/OL/OD/OV) values of a dataset read as big endian, so
     that writing it little endian keeps its values (pydicom writes those bytes as-is)."""
+    import numpy as np
+
     bits = int(ds.get("BitsAllocated", 16) or 16)
     for elem in ds:
         if elem.VR == "SQ":
@@ -257,6 +266,9 @@ def build_payload(inst: Instance, route: Route) -> bytes | FileRegion:
             return FileRegion(inst.path, inst.offset)
         ds = inst.dataset if inst.dataset is not None else _read_full(inst)
         return _encode(ds, target)
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     # Never modify the caller's dataset: conversions work on a copy.
     ds = copy.deepcopy(inst.dataset) if inst.dataset is not None else _read_full(inst)

@@ -1,7 +1,9 @@
 """DICOM Upper Layer PDUs (PS3.8 9.3): what the requestor sends and reads, as bytes.
 
-* A-ASSOCIATE-RQ is encoded and A-ASSOCIATE-AC decoded with pynetdicom's PDU classes
-  (:mod:`pynetdicom.pdu`), so the negotiation is pynetdicom's, byte for byte;
+* A-ASSOCIATE-RQ is encoded (:func:`encode_associate_rq`) and A-ASSOCIATE-AC decoded
+  (:func:`decode_associate_ac`) here, from PS3.8 9.3.2-9.3.3 and Annex D.1: the bytes
+  are the ones pynetdicom's encoder writes for the same request (the tests compare
+  them), without importing pynetdicom and pydicom (~1 s of start-up);
 * A-ASSOCIATE-RJ and A-ABORT are decoded here, their reasons put into words;
 * the fixed-size PDUs (A-RELEASE-RQ/-RP, A-ABORT) are constants;
 * P-DATA-TF: :data:`P_DATA_HEADER` frames one PDV per PDU (see :mod:`.dimse`), and
@@ -18,22 +20,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
-from pynetdicom.presentation import build_context
-
 __all__ = [
     "APPLICATION_CONTEXT",
     "A_ABORT_PDU",
     "A_RELEASE_RP_PDU",
     "A_RELEASE_RQ_PDU",
+    "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "PDU_HEADER",
     "P_DATA_HEADER",
@@ -52,6 +44,9 @@ __all__ = [
 
 APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"
 IMPLEMENTATION_VERSION_NAME: Final = "DCMPROC_SERVICE"
+#: The Implementation Class UID we announce: the one our requests always carried
+#: (pynetdicom's, as of pynetdicom 3.0.4), kept so that peers see the same bytes.
+IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.9.3811.3.0.4"
 
 
 class PduType(IntEnum):
@@ -149,58 +144,133 @@ class NegotiatedContext:
         return _CONTEXT_RESULT.get(self.result, f"result code {self.result}")
 
 
+# Item types of the variable part of A-ASSOCIATE-RQ/AC (PS3.8 Tables 9-12 .. 9-18, D.1).
+_APPLICATION_CONTEXT_ITEM: Final = 0x10
+_CONTEXT_RQ_ITEM: Final = 0x20
+_CONTEXT_AC_ITEM: Final = 0x21
+_ABSTRACT_SYNTAX_ITEM: Final = 0x30
+_TRANSFER_SYNTAX_ITEM: Final = 0x40
+_USER_INFORMATION_ITEM: Final = 0x50
+_MAXIMUM_LENGTH_ITEM: Final = 0x51
+_IMPLEMENTATION_CLASS_ITEM: Final = 0x52
+_IMPLEMENTATION_VERSION_ITEM: Final = 0x55
+#: Item header: type, reserved, length of what follows (big endian).
+_ITEM_HEADER: Final = struct.Struct(">BBH")
+#: Fixed part of A-ASSOCIATE-RQ/AC after the PDU header: protocol version, reserved,
+#: called AE title, calling AE title, 32 reserved bytes (PS3.8 Table 9-11).
+_FIXED_PART: Final = 68
+_PROTOCOL_VERSION: Final = 0x0001
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    if len(value) > 0xFFFF:
+        raise ValueError(f"PDU item 0x{item_type:02X} of {len(value)} bytes exceeds 65535")
+    return _ITEM_HEADER.pack(item_type, 0, len(value)) + value
+
+
+def _ae_title(title: str, which: str) -> bytes:
+    """An AE title as the 16-byte field of A-ASSOCIATE-RQ (space padded)."""
+    encoded = title.encode("ascii")
+    if not 0 < len(encoded) <= 16:
+        raise ValueError(f"invalid {which} AE title {title!r} - must be 1 to 16 characters")
+    return encoded.ljust(16)
+
+
 def encode_associate_rq(
     calling: str, called: str, contexts: Sequence[ProposedContext], max_pdu: int
 ) -> bytes:
     """The A-ASSOCIATE-RQ proposing ``contexts``, announcing ``max_pdu`` (0: unlimited)
-    as the largest PDU we accept."""
-    prim = A_ASSOCIATE()
-    prim.application_context_name = UID(APPLICATION_CONTEXT)
-    prim.calling_ae_title = calling
-    prim.called_ae_title = called
-    items = []
+    as the largest PDU we accept (PS3.8 9.3.2): the application context, one
+    presentation context item per context (abstract syntax, then its transfer syntaxes),
+    then the user information (maximum length, implementation class UID and version
+    name). UIDs are written without padding, AE titles padded to 16 bytes."""
+    items = [_item(_APPLICATION_CONTEXT_ITEM, APPLICATION_CONTEXT.encode("ascii"))]
     for proposed in contexts:
-        cx = build_context(proposed.abstract_syntax, list(proposed.transfer_syntaxes))
-        cx.context_id = proposed.context_id
-        items.append(cx)
-    prim.presentation_context_definition_list = items
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = max_pdu
-    impl_uid = ImplementationClassUIDNotification()
-    impl_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    impl_name = ImplementationVersionNameNotification()
-    impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    prim.user_information = [max_length, impl_uid, impl_name]
-    return bytes(A_ASSOCIATE_RQ(prim).encode())
+        sub_items = _item(_ABSTRACT_SYNTAX_ITEM, proposed.abstract_syntax.encode("ascii"))
+        sub_items += b"".join(
+            _item(_TRANSFER_SYNTAX_ITEM, ts.encode("ascii")) for ts in proposed.transfer_syntaxes
+        )
+        items.append(_item(_CONTEXT_RQ_ITEM, bytes((proposed.context_id, 0, 0, 0)) + sub_items))
+    user_information = (
+        _item(_MAXIMUM_LENGTH_ITEM, struct.pack(">I", max_pdu))
+        + _item(_IMPLEMENTATION_CLASS_ITEM, IMPLEMENTATION_CLASS_UID.encode("ascii"))
+        + _item(_IMPLEMENTATION_VERSION_ITEM, IMPLEMENTATION_VERSION_NAME.encode("ascii"))
+    )
+    items.append(_item(_USER_INFORMATION_ITEM, user_information))
+    body = (
+        struct.pack(">HH", _PROTOCOL_VERSION, 0)
+        + _ae_title(called, "called")
+        + _ae_title(calling, "calling")
+        + bytes(32)
+        + b"".join(items)
+    )
+    return PDU_HEADER.pack(PduType.A_ASSOCIATE_RQ, 0, len(body)) + body
+
+
+def _iter_items(data: bytes | memoryview, where: str) -> Iterator[tuple[int, memoryview]]:
+    """Yield (item type, value) of the items that fill ``data``; :class:`ProtocolError`
+    when one runs past its end."""
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        if pos + 4 > len(view):
+            raise ProtocolError(f"truncated item header in {where}")
+        item_type, _reserved, length = _ITEM_HEADER.unpack_from(view, pos)
+        if pos + 4 + length > len(view):
+            raise ProtocolError(f"item 0x{item_type:02X} runs past the end of {where}")
+        yield item_type, view[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+
+
+def _uid(value: memoryview) -> str:
+    return bytes(value).decode("ascii", "replace").rstrip("\x00 ")
 
 
 def decode_associate_ac(
     data: bytes, proposed: Sequence[ProposedContext]
 ) -> tuple[dict[int, NegotiatedContext], int]:
     """The peer's answer to each of our ``proposed`` contexts (by context id), and the
-    largest PDU it accepts (0: unlimited). A context the AC does not mention counts as
-    rejected; one accepted in a transfer syntax we never proposed is unusable."""
-    ac = A_ASSOCIATE_AC()
-    ac.decode(data)
-    prim = ac.to_primitive()
+    largest PDU it accepts (0: unlimited), from an A-ASSOCIATE-AC PDU with its header
+    (PS3.8 9.3.3). A context the AC does not mention counts as rejected; one accepted in
+    a transfer syntax we never proposed is unusable. :class:`ProtocolError` when the
+    PDU is malformed."""
+    if len(data) < 6 + _FIXED_PART or data[0] != PduType.A_ASSOCIATE_AC:
+        raise ProtocolError("A-ASSOCIATE-AC shorter than its fixed part")
+    (length,) = struct.unpack_from(">I", data, 2)
+    if length + 6 > len(data) or length < _FIXED_PART:
+        raise ProtocolError("A-ASSOCIATE-AC length does not match its bytes")
     by_id = {p.context_id: p for p in proposed}
     negotiated: dict[int, NegotiatedContext] = {}
-    for cx in prim.presentation_context_definition_results_list:
-        ours = by_id.get(cx.context_id or -1)
-        if ours is None:
-            continue
-        ts = cx.transfer_syntax[0] if cx.transfer_syntax else None
-        result = int(cx.result) if cx.result is not None else 2
-        if result == 0 and ts is not None and ts not in ours.transfer_syntaxes:
-            result = 4  # accepted a syntax we never proposed: unusable
-        negotiated[ours.context_id] = NegotiatedContext(
-            ours.context_id, ours.abstract_syntax, str(ts) if ts else None, result
-        )
+    peer_max = 0
+    items = memoryview(data)[6 + _FIXED_PART : 6 + length]
+    for item_type, value in _iter_items(items, "A-ASSOCIATE-AC"):
+        if item_type == _CONTEXT_AC_ITEM:
+            if len(value) < 4:
+                raise ProtocolError("presentation context item shorter than 4 bytes")
+            ours = by_id.get(value[0])
+            if ours is None:
+                continue
+            result = value[2]
+            ts = None
+            for sub_type, sub_value in _iter_items(value[4:], "presentation context item"):
+                if sub_type == _TRANSFER_SYNTAX_ITEM and ts is None:
+                    ts = _uid(sub_value) or None
+            if result == 0 and ts is not None and ts not in ours.transfer_syntaxes:
+                result = 4  # accepted a syntax we never proposed: unusable
+            negotiated[ours.context_id] = NegotiatedContext(
+                ours.context_id, ours.abstract_syntax, ts, result
+            )
+        elif item_type == _USER_INFORMATION_ITEM:
+            for sub_type, sub_value in _iter_items(value, "user information item"):
+                if sub_type == _MAXIMUM_LENGTH_ITEM:
+                    if len(sub_value) != 4:
+                        raise ProtocolError("maximum length sub-item is not 4 bytes")
+                    (peer_max,) = struct.unpack(">I", sub_value)
     for ours in proposed:  # contexts the AC does not mention count as rejected
         negotiated.setdefault(
             ours.context_id, NegotiatedContext(ours.context_id, ours.abstract_syntax, None, 2)
         )
-    return negotiated, int(prim.maximum_length_received or 0)
+    return negotiated, peer_max
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final
-
-from pydicom.dataset import Dataset
-from pynetdicom.status import code_to_category
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from .._errors import StoreFailedError
+from .dimse import DimseStatus
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "STATUS_CANNOT_CONVERT",
@@ -43,6 +44,12 @@ STATUS_NOT_SENT: Final = 0x0110
 #: PS3.4 leaves to implementations; ``InstanceResult.outcome`` is the unambiguous field.
 STATUS_IN_DOUBT: Final = 0xCFFF
 
+# PS3.7 C.1-C.5 and the service classes of PS3.4: the codes that mean a warning (the
+# operation was performed, with something to say); every other non-zero code is a
+# failure (or not a final status: pending, cancel) for a C-STORE.
+_WARNING_CODES: Final = frozenset({0x0001, 0x0107, 0x0116})
+_WARNING_RANGE: Final = range(0xB000, 0xC000)
+
 
 class StatusCategory(str, Enum):
     """What a DIMSE status means for the instance (PS3.7 Annex C)."""
@@ -53,11 +60,14 @@ class StatusCategory(str, Enum):
 
     @classmethod
     def of(cls, status: int) -> StatusCategory:
-        """The category of a C-STORE status code (unknown codes count as failure)."""
-        category = code_to_category(int(status))
-        if category == "Success":
+        """The category of a C-STORE status code (unknown codes count as failure).
+        ``ValueError`` for a negative code."""
+        code = int(status)
+        if code < 0:
+            raise ValueError(f"invalid status code {status!r} - must not be negative")
+        if code == 0x0000:
             return cls.SUCCESS
-        if category == "Warning":
+        if code in _WARNING_CODES or code in _WARNING_RANGE:
             return cls.WARNING
         return cls.FAILURE
 
@@ -69,6 +79,39 @@ class Outcome(str, Enum):
     REFUSED = "refused"  # the peer answered a failure status
     IN_DOUBT = "in_doubt"  # sent in full, no response: the peer may have stored it
     NOT_SENT = "not_sent"  # never sent in full (local reason, no association...)
+
+
+class _StatusDatasetField:
+    """``InstanceResult.status_dataset``: set from a pydicom ``Dataset`` or a
+    :class:`~.dimse.DimseStatus` (what the send path has: no pydicom), read as a
+    ``Dataset`` - built on first read, then kept."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = f"_{name}"
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _StatusDatasetField: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Dataset: ...
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__.get(self._key)
+        if not isinstance(value, (DimseStatus, type(None))):
+            return value
+        dataset = value.as_dataset() if value is not None else _empty_dataset()
+        instance.__dict__[self._key] = dataset
+        return dataset
+
+    def __set__(self, instance: object, value: Dataset | DimseStatus | _StatusDatasetField) -> None:
+        # the dataclass passes this field object itself when no value was given
+        instance.__dict__[self._key] = None if value is self else value
+
+
+def _empty_dataset() -> Dataset:
+    from pydicom.dataset import Dataset
+
+    return Dataset()
 
 
 @dataclass(frozen=True)
@@ -97,7 +140,11 @@ class InstanceResult:
     conversion: str | None = None
     attempts: int = 0
     duration_s: float = 0.0
-    status_dataset: Dataset = field(default_factory=Dataset, repr=False, compare=False)
+    #: The compatible status dataset; given as a Dataset or a DimseStatus, read as a
+    #: Dataset (pydicom is imported only when it is read).
+    status_dataset: _StatusDatasetField = field(
+        default=_StatusDatasetField(), repr=False, compare=False
+    )
 
     @property
     def ok(self) -> bool:

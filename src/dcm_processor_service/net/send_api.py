@@ -13,14 +13,16 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInputError, NetworkError
+from ..sources import is_dataset
 from .delivery import SendLedger
 from .instances import DicomdirFile, FilterCallback, Instance, SourceLike, gather
 from .results import SendReport
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["Deliver", "SendMethods"]
 
@@ -145,9 +147,9 @@ class SendMethods:
                 :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
                 :class:`TLSError`; each with ``.report``, see the sender's ``send``).
         """
-        items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
+        items = [datasets] if is_dataset(datasets) else list(datasets)
         for i, item in enumerate(items):
-            if not isinstance(item, Dataset):
+            if not is_dataset(item):
                 raise InvalidInputError(
                     f"invalid 'datasets' item #{i}: {type(item).__name__} - must be a pydicom Dataset"
                 )

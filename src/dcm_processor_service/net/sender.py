@@ -38,9 +38,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from .._errors import InvalidInputError, NetworkError
+from .._uids import UNCOMPRESSED_LE
 from .._validation import validate_ae_title, validate_port
 from ..store.records import Peer
 from .association import Association, Timeouts
@@ -303,13 +302,7 @@ class DicomSender(SendMethods):
         """
         if kwargs:
             return self.with_overrides(**kwargs).send_echo()
-        contexts = [
-            ProposedContext(
-                1,
-                VERIFICATION_SOP_CLASS,
-                (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)),
-            )
-        ]
+        contexts = [ProposedContext(1, VERIFICATION_SOP_CLASS, UNCOMPRESSED_LE)]
         t0 = time.perf_counter()
         assoc = self._open(contexts)
         latency = 0.0
@@ -330,7 +323,7 @@ class DicomSender(SendMethods):
         finally:
             if assoc.is_open:
                 assoc.release()
-        status = int(rsp.Status)
+        status = rsp.status
         ok = status == 0
         error = None if ok else f"peer answered C-ECHO status 0x{status:04X}"
         result = EchoResult(ok, status, latency, time.perf_counter() - t0, self.peer_label, error)

@@ -24,7 +24,9 @@ from .dicomdir import DicomdirReference, dicomdir_references, resolve_file_id
 from .file_meta import FileIdentity, read_identity, read_leading_values
 from .read import (
     MEDIA_STORAGE_DIRECTORY,
+    is_dataset,
     is_dicomdir,
+    is_fileset,
     pydicom_warnings,
     read_dataset,
     read_file,
@@ -61,7 +63,9 @@ __all__ = [
     "SourceLike",
     "collect_files",
     "dicomdir_references",
+    "is_dataset",
     "is_dicomdir",
+    "is_fileset",
     "is_hidden",
     "pydicom_warnings",
     "read_dataset",

@@ -24,12 +24,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+from typing import TYPE_CHECKING
 
 from .._errors import DicomInputError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["DicomdirReference", "dicomdir_references", "resolve_file_id"]
 
@@ -56,6 +56,8 @@ class DicomdirReference:
 
 
 def _components(value: object) -> list[str]:
+    from pydicom.multival import MultiValue  # loaded already: value comes from pydicom
+
     if isinstance(value, (MultiValue, list, tuple)):
         return [str(v) for v in value]
     return [str(value)]
@@ -121,6 +123,8 @@ def dicomdir_references(
     """
     where = os.fspath(dicomdir)
     if dataset is None:
+        from pydicom import dcmread
+
         try:
             dataset = dcmread(where)
         except Exception as exc:

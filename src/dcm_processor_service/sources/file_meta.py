@@ -27,10 +27,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from typing import Any, Final, NamedTuple
 
-from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
-from pydicom.filereader import read_dataset
-from pydicom.uid import UID
+from .._uids import syntax_encoding
 
 __all__ = [
     "LONG_VRS",
@@ -116,17 +113,6 @@ def _meta(buf: bytes) -> tuple[str, str, str, int] | None:
     return found[1], found[2], found[3], pos
 
 
-def _syntax(ts: str) -> tuple[bool, bool] | None:
-    """(implicit VR, little endian) of a transfer syntax the scan can walk, else None."""
-    try:
-        uid = UID(ts)
-        if uid.is_deflated or not uid.is_transfer_syntax:
-            return None
-        return uid.is_implicit_VR, uid.is_little_endian
-    except ValueError:
-        return None
-
-
 def _skip_sequence(buf: bytes, pos: int, implicit: bool, little: bool) -> int | None:
     """Where the undefined-length sequence whose items start at ``buf[pos]`` ends (after
     its delimiter), or None when the buffer ends first."""
@@ -161,7 +147,7 @@ def _dataset_texts(buf: bytes, pos: int, ts: str, tags: Collection[int]) -> dict
     """The text of top-level elements ``tags`` from the dataset at ``buf[pos:]`` (those
     absent are missing from the result), or None when the buffer ends before the last
     of them was passed, or the data is unusual."""
-    syntax = _syntax(ts)
+    syntax = syntax_encoding(ts)  # None: deflated, private or unknown - pydicom reads it
     if syntax is None:
         return None
     implicit, little = syntax
@@ -192,6 +178,8 @@ def _not_group_2(tag: Any, vr: Any, length: Any) -> bool:
 
 
 def _meta_by_pydicom(path: str) -> tuple[str, str, str, int] | None:
+    from pydicom.filereader import read_dataset
+
     try:
         with open(path, "rb") as fp:
             fp.seek(132)
@@ -212,6 +200,8 @@ def _meta_by_pydicom(path: str) -> tuple[str, str, str, int] | None:
 
 
 def _ids_by_pydicom(path: str) -> tuple[str | None, str | None] | None:
+    from pydicom import dcmread
+
     try:
         with warnings.catch_warnings():  # odd files: the File Meta's UIDs are used
             warnings.simplefilter("ignore")
@@ -275,6 +265,8 @@ def read_leading_values(
 
     Raises ``OSError`` when the file cannot be read.
     """
+    from pydicom.datadict import tag_for_keyword
+
     tags = {t: kw for kw in keywords if (t := tag_for_keyword(kw)) is not None}
     with open(path, "rb") as fp:
         head = fp.read(_PROBE)

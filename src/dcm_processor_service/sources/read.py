@@ -16,6 +16,10 @@ folder of odd files must not flood a service's output.
 :func:`read_dataset` is the one "path or Dataset" reader of the writers (reference
 images, SEG/SR sources, ``get_simplified_json``): a dataset is used as it is, a path is
 read by the rule above, and anything else raises naming the parameter.
+
+pydicom is imported when a file is read, not with this module: :func:`is_dataset` tells
+a pydicom ``Dataset`` without importing pydicom, so that the sender can take files
+without paying pydicom's start-up.
 """
 
 from __future__ import annotations
@@ -24,19 +28,22 @@ import contextlib
 import logging
 import os
 import struct
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO, Final
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeGuard
 
 from .._errors import DicomInputError, InvalidInputError
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.fileset import FileSet
+
 __all__ = [
     "MEDIA_STORAGE_DIRECTORY",
+    "is_dataset",
     "is_dicomdir",
+    "is_fileset",
     "pydicom_warnings",
     "read_dataset",
     "read_file",
@@ -48,6 +55,24 @@ logger = logging.getLogger(__name__)
 #: SOP class of a DICOMDIR (Media Storage Directory Storage): a file-set directory,
 #: never an instance.
 MEDIA_STORAGE_DIRECTORY: Final = "1.2.840.10008.1.3.10"
+
+
+def _loaded_instance(obj: object, module: str, name: str) -> bool:
+    """Whether ``obj`` is an instance of class ``name`` of ``module`` - False at once when
+    that module was never imported (then no such object can exist)."""
+    loaded = sys.modules.get(module)
+    cls = getattr(loaded, name, None) if loaded is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def is_dataset(obj: object) -> TypeGuard[Dataset]:
+    """Whether ``obj`` is a pydicom ``Dataset`` (without importing pydicom)."""
+    return _loaded_instance(obj, "pydicom.dataset", "Dataset")
+
+
+def is_fileset(obj: object) -> TypeGuard[FileSet]:
+    """Whether ``obj`` is a pydicom ``FileSet`` (without importing pydicom)."""
+    return _loaded_instance(obj, "pydicom.fileset", "FileSet")
 
 
 @contextlib.contextmanager
@@ -96,6 +121,9 @@ def read_header(fh: BinaryIO, tags: Sequence[str] | None = None) -> tuple[Datase
     Raises :class:`DicomInputError` with the reason when the file is not DICOM by the
     module's rule; ``OSError`` for an I/O error.
     """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
     specific = None if tags is None else list(dict.fromkeys([*tags, "SOPInstanceUID"]))
     fh.seek(0)
     head = fh.read(8)
@@ -131,6 +159,8 @@ def read_file(
         header, part10 = read_header(fh, tags)
         if not pixels:
             return header
+        from pydicom import dcmread
+
         fh.seek(0)
         try:
             return dcmread(fh, force=not part10)
@@ -145,7 +175,7 @@ def read_dataset(item: Any, what: str, *, pixels: bool = False) -> Dataset:
     Raises :class:`DicomInputError` naming ``what`` and the path when the file is not a
     readable DICOM file, :class:`InvalidInputError` for an ``item`` of another type.
     """
-    if isinstance(item, Dataset):
+    if is_dataset(item):
         return item
     if isinstance(item, (str, os.PathLike)):
         where = os.fspath(item)

@@ -32,13 +32,15 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from pydicom.dataset import Dataset
-from pydicom.fileset import FileSet
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from .._errors import DicomInputError, InvalidInputError
 from .dicomdir import dicomdir_references
+from .read import is_dataset, is_fileset
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.fileset import FileSet
 
 __all__ = [
     "DICOMDIR_SKIPPED",
@@ -57,7 +59,8 @@ __all__ = [
 
 #: What the readers accept: a path (folder, file, DICOMDIR), a pydicom Dataset or
 #: FileSet, or an iterable of those.
-SourceLike = str | os.PathLike[str] | Dataset | FileSet | Iterable[Any]
+#: (A string at run time: naming pydicom's classes must not import pydicom.)
+SourceLike: TypeAlias = "str | os.PathLike[str] | Dataset | FileSet | Iterable[Any]"
 
 
 class Skipped(NamedTuple):
@@ -95,7 +98,7 @@ class DicomdirFile:
 
 
 #: One expanded entry.
-Entry = InputFile | Dataset | Skipped | Failed
+Entry: TypeAlias = "InputFile | Dataset | Skipped | Failed"
 
 #: The reason of a DICOMDIR's :class:`Skipped` (a directory of a medium, not an instance).
 DICOMDIR_SKIPPED = "DICOMDIR (a media directory, not an instance)"
@@ -137,13 +140,13 @@ class Inputs:
         """The entries of ``source`` (a path, a Dataset, a FileSet, a DicomdirFile, or
         an iterable of those), lazily. Raises :class:`InvalidInputError` for a source
         of another type (items of an iterable are :class:`Failed` instead)."""
-        if isinstance(source, Dataset):
+        if is_dataset(source):
             yield source
         elif isinstance(source, DicomdirFile):
             yield from self._dicomdir(os.fspath(source), None)
         elif isinstance(source, (str, os.PathLike)):
             yield from self._path(os.fspath(source))
-        elif isinstance(source, FileSet):
+        elif is_fileset(source):
             # pydicom refuses, when it loads a DICOMDIR, references outside its folder
             for instance in source:
                 yield from self._file(str(instance.path), explicit=False)
@@ -153,7 +156,7 @@ class Inputs:
             )
         elif isinstance(source, Iterable):
             for index, item in enumerate(source):
-                if isinstance(item, (Dataset, str, os.PathLike, FileSet)):
+                if isinstance(item, (str, os.PathLike)) or is_dataset(item) or is_fileset(item):
                     yield from self.expand(item)
                 elif isinstance(item, (bytes, bytearray, memoryview)):
                     yield Failed(

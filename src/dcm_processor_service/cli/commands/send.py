@@ -37,7 +37,6 @@ def send(
 ) -> int:
     """Send DICOM files, folders, or stored series to PEER (a peer of the store): by
     STOW-RS when PEER has a DICOMweb endpoint, else by DIMSE C-STORE."""
-    from ...index.series import get_series_dicom
     from ...net.peer_sender import sender_for_peer
     from ...net.results import Outcome
     from ...sources import collect_files
@@ -49,9 +48,13 @@ def send(
     with state.open_store() as store:
         target = store.get_peer(peer)
         sender = sender_for_peer(target, protocol="dimse" if force_dimse else None)
-        datasets = [
-            ds for series_id in series_ids for ds in get_series_dicom(series_id, store=store)
-        ]
+        datasets = []
+        if series_ids:  # stored series are read as datasets (pydicom); files are not
+            from ...index.series import get_series_dicom
+
+            datasets = [
+                ds for series_id in series_ids for ds in get_series_dicom(series_id, store=store)
+            ]
         if paths:
             collect_files(paths)  # a missing input or an empty folder is a usage error
         files = list(paths)
