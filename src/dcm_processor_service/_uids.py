@@ -14,6 +14,7 @@ from typing import Final
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
+    "ENCAPSULATED_SYNTAXES",
     "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "IMPLICIT_VR_LITTLE_ENDIAN",
@@ -45,9 +46,9 @@ NATIVE_SYNTAXES: Final = frozenset(
         EXPLICIT_VR_BIG_ENDIAN,
     }
 )
-# Every other standard transfer syntax (encapsulated pixel data, or an MPEG / RFC 2557 /
-# SMPTE reference) encodes its dataset in Explicit VR Little Endian (PS3.5 A.4, 10).
-_ENCAPSULATED: Final = frozenset(
+#: Every other standard transfer syntax (encapsulated pixel data, or an MPEG / RFC 2557 /
+#: SMPTE reference): its dataset is in Explicit VR Little Endian (PS3.5 A.4, 10).
+ENCAPSULATED_SYNTAXES: Final = frozenset(
     {
         "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
         "1.2.840.10008.1.2.5",  # RLE Lossless
@@ -64,7 +65,9 @@ _ENCAPSULATED: Final = frozenset(
         *(f"1.2.840.10008.1.2.4.{n}" for n in range(90, 96)),  # JPEG 2000, JPIP
         *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),  # MPEG-2/-4, HEVC
         *(f"1.2.840.10008.1.2.4.{n}.1" for n in range(100, 107)),  # ... fragmentable
+        *(f"1.2.840.10008.1.2.4.{n}" for n in range(110, 113)),  # JPEG XL
         *(f"1.2.840.10008.1.2.4.{n}" for n in range(201, 206)),  # HTJ2K, JPIP HTJ2K
+        "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression (frames, not the dataset)
     }
 )
 
@@ -76,7 +79,7 @@ def syntax_encoding(ts: str) -> tuple[bool, bool] | None:
         return True, True
     if ts == EXPLICIT_VR_BIG_ENDIAN:
         return False, False
-    if ts == EXPLICIT_VR_LITTLE_ENDIAN or ts in _ENCAPSULATED:
+    if ts == EXPLICIT_VR_LITTLE_ENDIAN or ts in ENCAPSULATED_SYNTAXES:
         return False, True
     return None
 
@@ -86,4 +89,4 @@ def is_compressed(ts: str) -> bool | None:
     for the native ones; None when this table does not know ``ts`` (ask pydicom)."""
     if ts in NATIVE_SYNTAXES:
         return False
-    return True if ts in _ENCAPSULATED else None
+    return True if ts in ENCAPSULATED_SYNTAXES else None
