@@ -37,44 +37,48 @@ from ._errors import (
     UnknownProviderError,
 )
 from ._lazy import lazy_attributes
-from ._runtime import close_stores, store_for
-from .hooks import run_post_services, run_pre_services
-from .peers import add_peer, get_dicom_sender, get_peer, list_peers, remove_peer
-from .session import (
-    JobSession,
-    download_session_file,
-    get_session_data,
-    get_session_file,
-    has_session_data,
-    has_session_file,
-    remove_session_data,
-    remove_session_file,
-    set_session_data,
-    upload_session_file,
-)
-from .store import (
-    DicomWebEndpoint,
-    FileRecord,
-    InstanceRecord,
-    JobRecord,
-    JobRef,
-    JobStatus,
-    PatientRecord,
-    Peer,
-    SeriesRecord,
-    SessionRecord,
-    SessionStatus,
-    Store,
-    StudyRecord,
-    known_providers,
-    open_store,
-)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-#: Imaging and networking names, imported on first use so that importing the package
-#: (every job process does) does not pay for numpy, nibabel, highdicom and pynetdicom.
+#: Names imported on first use, so that importing the package (every job process does)
+#: pays neither for numpy, nibabel, highdicom and pynetdicom nor for the store layer
+#: until a job uses them: a sender alone loads none of the store modules.
 _LAZY: dict[str, str] = {
+    # runtime, hooks, peers, session data and files, the store
+    "close_stores": "_runtime",
+    "store_for": "_runtime",
+    "run_pre_services": "hooks",
+    "run_post_services": "hooks",
+    "add_peer": "peers",
+    "get_dicom_sender": "peers",
+    "get_peer": "peers",
+    "list_peers": "peers",
+    "remove_peer": "peers",
+    "JobSession": "session",
+    "download_session_file": "session",
+    "get_session_data": "session",
+    "get_session_file": "session",
+    "has_session_data": "session",
+    "has_session_file": "session",
+    "remove_session_data": "session",
+    "remove_session_file": "session",
+    "set_session_data": "session",
+    "upload_session_file": "session",
+    "DicomWebEndpoint": "store",
+    "FileRecord": "store",
+    "InstanceRecord": "store",
+    "JobRecord": "store",
+    "JobRef": "store",
+    "JobStatus": "store",
+    "PatientRecord": "store",
+    "Peer": "store",
+    "SeriesRecord": "store",
+    "SessionRecord": "store",
+    "SessionStatus": "store",
+    "Store": "store",
+    "StudyRecord": "store",
+    "known_providers": "store",
+    "open_store": "store",
     # DICOM index and series access
     "ingest": "index.ingest",
     "iter_ingest": "index.ingest",
@@ -131,6 +135,8 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (kept equal to _LAZY by a test)
+    from ._runtime import close_stores, store_for
+    from .hooks import run_post_services, run_pre_services
     from .imaging.derived import make_pdf_dicom, make_series_dicom, write_datasets
     from .imaging.nifti_read import dicom_series_to_nifti, series_files_to_nifti
     from .imaging.nifti_write import nifti_to_dicom
@@ -165,7 +171,37 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (kept equal to _
     from .net.results import EchoResult, InstanceResult, Outcome, SendReport
     from .net.retrieve import retrieve_series, retrieve_study
     from .net.sender import DicomSender
+    from .peers import add_peer, get_dicom_sender, get_peer, list_peers, remove_peer
     from .progress import heartbeat, report_progress
+    from .session import (
+        JobSession,
+        download_session_file,
+        get_session_data,
+        get_session_file,
+        has_session_data,
+        has_session_file,
+        remove_session_data,
+        remove_session_file,
+        set_session_data,
+        upload_session_file,
+    )
+    from .store import (
+        DicomWebEndpoint,
+        FileRecord,
+        InstanceRecord,
+        JobRecord,
+        JobRef,
+        JobStatus,
+        PatientRecord,
+        Peer,
+        SeriesRecord,
+        SessionRecord,
+        SessionStatus,
+        Store,
+        StudyRecord,
+        known_providers,
+        open_store,
+    )
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 

@@ -34,11 +34,10 @@ import logging
 import os
 import select
 import socket
-import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .._errors import AssociationRejectedError, NetworkError, PeerUnreachableError
 from .dimse import (
@@ -81,6 +80,9 @@ from .transport import (
     start_tls,
     supports_quickack,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Association", "State", "Timeouts"]
 

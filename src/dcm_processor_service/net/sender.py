@@ -36,12 +36,11 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInputError, NetworkError
 from .._uids import UNCOMPRESSED_LE
 from .._validation import validate_ae_title, validate_port
-from ..store.records import Peer
 from .association import Association, Timeouts
 from .delivery import RetryPolicy, SendLedger, deliver
 from .dimse import VERIFICATION_SOP_CLASS
@@ -59,7 +58,9 @@ from .options import (
 from .pdu import ProposedContext
 from .results import EchoResult, SendReport
 from .send_api import SendMethods
-from .tls import build_client_ssl_context
+
+if TYPE_CHECKING:
+    from ..store.records import Peer
 
 __all__ = ["DicomSender"]
 
@@ -164,6 +165,8 @@ class DicomSender(SendMethods):
         ``DCM_PROCESSOR_SERVICE_CALLING_AET`` (or ``DCM-PROCESSOR-SERVICE-CALLING-AET``),
         else ``"DCMPROCESSOR"``. ``options`` are the keyword-only tuning parameters.
         """
+        from ..store.records import Peer  # the store layer only when a peer record is used
+
         if not isinstance(peer, Peer):
             raise InvalidInputError(f"invalid 'peer' value {peer!r} - must be a Peer record")
         aet = (
@@ -226,11 +229,13 @@ class DicomSender(SendMethods):
         cert, key, ca, trusted = files
         self.enable_tls = enable
         self._tls_files = files
-        self._ssl_context = (
-            build_client_ssl_context(ca_file=ca, cert_file=cert, key_file=key, trusted_ca=trusted)
-            if enable
-            else None
-        )
+        self._ssl_context = None
+        if enable:  # ssl is imported for TLS peers only
+            from .tls import build_client_ssl_context
+
+            self._ssl_context = build_client_ssl_context(
+                ca_file=ca, cert_file=cert, key_file=key, trusted_ca=trusted
+            )
 
     # -- the core ----------------------------------------------------------------------------
     def send(

@@ -27,15 +27,17 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import ssl
+import sys
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .._errors import NetworkError, PeerUnreachableError, TLSError
 from .failures import aborted, mark
 from .pdu import A_ABORT_PDU, PDU_HEADER, PduType, ProtocolError, abort_reason, check_pdu_length
-from .tls import describe_ssl_error
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "ConnectionClosed",
@@ -130,6 +132,10 @@ def start_tls(
         TLSError: handshake or certificate failure, connection closed or reset.
         PeerUnreachableError: the handshake timed out (after ``timeout`` s).
     """
+    import ssl
+
+    from .tls import describe_ssl_error
+
     try:
         return ssl_context.wrap_socket(sock, server_hostname=server_hostname)
     except ssl.SSLError as exc:
@@ -158,6 +164,13 @@ def start_tls(
         ) from exc
 
 
+def _is_ssl_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an :class:`ssl.SSLError` - without importing :mod:`ssl` (loaded
+    only for TLS peers: without it, no such error can have been raised)."""
+    loaded = sys.modules.get("ssl")
+    return loaded is not None and isinstance(exc, loaded.SSLError)
+
+
 def as_network_error(
     exc: BaseException,
     where: str,
@@ -175,7 +188,9 @@ def as_network_error(
         return timed_out
     if isinstance(exc, ProtocolError):
         return aborted(f"protocol error from {peer}: {exc}")
-    if isinstance(exc, ssl.SSLError):
+    if _is_ssl_error(exc):
+        from .tls import describe_ssl_error
+
         return mark(TLSError(f"TLS failure {where}: {describe_ssl_error(exc)}"), False)
     if isinstance(exc, TimeoutError):
         return aborted(f"timed out {where}")
