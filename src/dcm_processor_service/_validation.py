@@ -7,7 +7,6 @@ the public API can both use it.
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Final
 
 from ._errors import InvalidInputError
@@ -31,6 +30,10 @@ _HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 def _hidden_character(value: str) -> str | None:
     """A description of the first control or invisible character of ``value``, if any."""
+    if value.isascii() and value.isprintable():
+        return None  # printable ASCII: nothing hidden (and no need to load unicodedata)
+    import unicodedata
+
     for position, char in enumerate(value):
         if unicodedata.category(char) in _HIDDEN_CATEGORIES:
             name = unicodedata.name(char, "control character")

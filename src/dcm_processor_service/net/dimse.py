@@ -20,12 +20,13 @@ import io
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .pdu import P_DATA_HEADER, PduType, ProtocolError, iter_pdvs
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydicom.dataset import Dataset
 
 __all__ = [

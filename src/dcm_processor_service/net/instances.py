@@ -18,7 +18,6 @@ import copy
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from .._errors import DicomInputError
@@ -40,6 +39,8 @@ from .contexts import Route
 from .dimse import FileRegion
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydicom.dataset import Dataset
 
 __all__ = [
@@ -93,6 +94,8 @@ def gather(
     falsy for are skipped too. An entry that cannot be read becomes an instance with an
     ``error`` (a local failure of the send).
     """
+    from pathlib import Path  # here, not at import: a bare import of the sender stays light
+
     inputs = Inputs()
     instances: list[Instance] = []
     skipped: list[str] = []

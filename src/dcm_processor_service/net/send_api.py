@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInputError, NetworkError
@@ -103,6 +102,8 @@ class SendMethods:
                 :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
                 :class:`TLSError`; each with ``.report``, see the sender's ``send``).
         """
+        from pathlib import Path
+
         if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
             raise InvalidInputError(f"invalid 'path' value {path!r} - no such file or folder")
         return self._compat_send(path, filter_callback, kwargs)
@@ -171,6 +172,8 @@ class SendMethods:
                 :class:`AssociationRejectedError`, :class:`AssociationAbortedError`,
                 :class:`TLSError`; each with ``.report``, see the sender's ``send``).
         """
+        from pathlib import Path
+
         path = Path(filename)
         if path.is_dir():
             path = path / "DICOMDIR"

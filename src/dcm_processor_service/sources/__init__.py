@@ -20,7 +20,9 @@ on what the input is:
   the NIfTI conversion's slice order (pydicom's reader measured several times slower).
 """
 
-from .dicomdir import DicomdirReference, dicomdir_references, resolve_file_id
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 from .file_meta import FileIdentity, read_identity, read_leading_values
 from .read import (
     MEDIA_STORAGE_DIRECTORY,
@@ -46,6 +48,17 @@ from .walk import (
     collect_files,
     is_hidden,
 )
+
+#: The DICOMDIR reader's names, imported on first use (only DICOMDIRs need it).
+_LAZY = {
+    "DicomdirReference": "dicomdir",
+    "dicomdir_references": "dicomdir",
+    "resolve_file_id": "dicomdir",
+}
+if TYPE_CHECKING:
+    from .dicomdir import DicomdirReference, dicomdir_references, resolve_file_id
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "DICOMDIR_SKIPPED",

@@ -31,14 +31,14 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from .._errors import DicomInputError, InvalidInputError
-from .dicomdir import dicomdir_references
 from .read import is_dataset, is_fileset
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydicom.dataset import Dataset
     from pydicom.fileset import FileSet
 
@@ -184,6 +184,8 @@ class Inputs:
 
     # ---------------------------------------------------------------- internals
     def _dicomdir(self, path: str, dataset: Dataset | None) -> Iterator[Entry]:
+        from .dicomdir import dicomdir_references  # only DICOMDIRs need it
+
         try:
             references = dicomdir_references(path, dataset)
         except DicomInputError as exc:
