@@ -423,3 +423,19 @@ def test_cli_send_of_files_imports_nothing_heavy(tmp_path: Path, sample_folder: 
     assert f"sent {len(SAMPLES)} of {len(SAMPLES)}" in done.stdout
     assert _loaded_heavy(done.stderr) == []
     _assert_received_as_sent(sample_folder, received)
+
+
+def test_cli_commands_load_on_first_use_under_their_own_names() -> None:
+    import click
+
+    from dcm_processor_service.cli.app import _COMMANDS, cli
+
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(_COMMANDS)
+    for name in _COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert {"-v", "--json"} <= {opt for p in command.params for opt in p.opts} or isinstance(
+            command, click.Group
+        )
+    assert cli.get_command(ctx, "no-such-command") is None

@@ -23,14 +23,16 @@ Commands (one module each under :mod:`.commands`)::
 
 ``-v`` and ``--json`` are accepted on the group and on every command; so are the
 store options (:mod:`.options`) on the group and every command that uses a store.
-Command modules import what is heavy (the runner, numpy, pydicom's pixel handlers)
-inside their functions, so ``dcm-service --help`` starts quickly.
+A command's module is imported when that command runs (or a help page lists it), and
+command modules import what is heavy (the runner, numpy, pydicom's pixel handlers)
+inside their functions: ``dcm-service send`` loads only what sending needs.
 
 See ``docs/runner.md`` for the reference.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
@@ -48,7 +50,6 @@ from .._errors import (
     ServiceError,
 )
 from .._safe_text import MaskingFormatter
-from .commands import convert, db, demo, doctor, ingest, peers, run, send, service, sessions
 from .console import ConsoleLogHandler, err
 from .options import CliState, state_of, store_options
 
@@ -127,6 +128,41 @@ def _global_options(json_help: str) -> list[click.Option]:
 
 
 # ------------------------------------------------------------------------ group
+#: Command name -> (module of :mod:`.commands`, attribute): imported on first use.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", "run"),
+    "new": ("service", "new"),
+    "check": ("service", "check"),
+    "demo": ("demo", "demo"),
+    "demo-data": ("demo", "demo_data"),
+    "ingest": ("ingest", "ingest"),
+    "send": ("send", "send"),
+    "convert": ("convert", "convert"),
+    "peers": ("peers", "peers"),
+    "sessions": ("sessions", "sessions"),
+    "db": ("db", "db"),
+    "doctor": ("doctor", "doctor"),
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands (:data:`_COMMANDS`) are imported when first asked for,
+    then given the global options."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            module, attribute = _COMMANDS[cmd_name]
+            command = getattr(
+                importlib.import_module(f"{__package__}.commands.{module}"), attribute
+            )
+            _add_global_options(command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     """``--version``: ours and the versions a bug report needs, then exit."""
     if not value or ctx.resilient_parsing:
@@ -141,7 +177,10 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     ctx.exit(0)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--version",
     is_flag=True,
@@ -167,28 +206,6 @@ def _add_global_options(command: click.Command) -> None:
             _add_global_options(sub)
     else:
         command.params.extend(_global_options("Print the result as JSON on stdout."))
-
-
-def _register(*commands: click.Command) -> None:
-    for command in commands:
-        _add_global_options(command)
-        cli.add_command(command)
-
-
-_register(
-    run.run,
-    service.new,
-    service.check,
-    demo.demo,
-    demo.demo_data,
-    ingest.ingest,
-    send.send,
-    convert.convert,
-    peers.peers,
-    sessions.sessions,
-    db.db,
-    doctor.doctor,
-)
 
 
 # ------------------------------------------------------------------------- main

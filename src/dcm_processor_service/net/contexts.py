@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from .._uids import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -126,8 +126,7 @@ def _numbered(items: Sequence[tuple[str, tuple[str, ...]]]) -> list[ProposedCont
     return [ProposedContext(2 * i + 1, sop, ts) for i, (sop, ts) in enumerate(items)]
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """How to send one instance: on ``context_id`` in ``transfer_syntax`` after
     ``conversion``; or not at all (``context_id is None``) with ``status``/``reason``."""
 

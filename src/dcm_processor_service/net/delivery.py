@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._errors import NetworkError
 from .association import Association
@@ -52,8 +52,7 @@ logger = logging.getLogger(__name__)
 Connect = Callable[[Sequence[ProposedContext]], Association]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """How a send copes with failures: transient failures are retried ``max_retries``
     times in a row, waiting ``backoff * 2**n`` seconds (at most ``backoff_max``); an
     instance whose C-STORE went out without a response is sent again
@@ -69,8 +68,7 @@ class RetryPolicy:
         return min(self.backoff * (2**failures), self.backoff_max)
 
 
-@dataclass
-class _Unanswered:
+class _Unanswered(NamedTuple):
     """An instance whose C-STORE went out in full without a response (so far)."""
 
     times: int

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .pdu import P_DATA_HEADER, PduType, ProtocolError, iter_pdvs
@@ -135,8 +134,7 @@ def c_echo_rq(message_id: int) -> bytes:
 
 
 # -- responses ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DimseStatus:
+class DimseStatus(NamedTuple):
     """The status part of a DIMSE response (PS3.7 C.4): ``status`` plus the optional
     Error Comment (made a valid LO), Error ID and Offending Element tags."""
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "APPLICATION_CONTEXT",
@@ -115,8 +114,7 @@ class ProtocolError(ValueError):
     """The peer sent bytes that are not valid DICOM UL."""
 
 
-@dataclass(frozen=True)
-class ProposedContext:
+class ProposedContext(NamedTuple):
     """One presentation context of an A-ASSOCIATE-RQ."""
 
     context_id: int
@@ -124,8 +122,7 @@ class ProposedContext:
     transfer_syntaxes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class NegotiatedContext:
+class NegotiatedContext(NamedTuple):
     """The peer's answer to one proposed context."""
 
     context_id: int
@@ -273,8 +270,7 @@ def decode_associate_ac(
     return negotiated, peer_max
 
 
-@dataclass(frozen=True)
-class Rejection:
+class Rejection(NamedTuple):
     """An A-ASSOCIATE-RJ: result, source and reason codes, with their words."""
 
     result: int
