@@ -152,8 +152,9 @@ def test_killed_at_any_moment_loses_nothing_reported(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    for line in [first, *rest.splitlines()]:
-        if line.startswith("STORED"):
+    for line in [first, *rest.splitlines(keepends=True)]:
+        # a line the kill cut off (no newline yet) was not a whole report
+        if line.startswith("STORED") and line.endswith("\n"):
             _, sop_uid, path = line.split(maxsplit=2)
             reported[sop_uid] = path.strip()
     store = open_store(*store_url)
