@@ -92,6 +92,7 @@ from ..sources import (
 from ..store.base import Store
 from ..store.instance_batch import BatchResult, InstanceBatch
 from ..store.records import InstanceInput, InstanceRecord
+from .fast_input import fast_instance_input
 from .metadata import HEADER_KEYWORDS, instance_input
 from .verify import check_structure
 
@@ -441,13 +442,19 @@ class _Ingestor:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return IngestFailure(path, "not a regular file")
-            with pydicom_warnings(path):
-                header, part10 = read_header(fh, HEADER_KEYWORDS)
-                if is_dicomdir(header):
-                    fh.seek(0)
-                    return dcmread(fh) if item.explicit else header
-                check_structure(fh, st.st_size, header, 132 if part10 else 0)
-                inp = instance_input(header, peer_id=self.peer_id, session_id=self.session_id)
+            fast = fast_instance_input(
+                fh, st.st_size, peer_id=self.peer_id, session_id=self.session_id
+            )
+            if fast is not None:
+                inp, part10 = fast, True
+            else:  # not the common case: pydicom reads it
+                with pydicom_warnings(path):
+                    header, part10 = read_header(fh, HEADER_KEYWORDS)
+                    if is_dicomdir(header):
+                        fh.seek(0)
+                        return dcmread(fh) if item.explicit else header
+                    check_structure(fh, st.st_size, header, 132 if part10 else 0)
+                    inp = instance_input(header, peer_id=self.peer_id, session_id=self.session_id)
             fh.seek(0)
             source: Any = _SourceReader(fh)
             if not part10:

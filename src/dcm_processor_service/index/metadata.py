@@ -40,7 +40,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, Final
 
@@ -62,18 +62,24 @@ from ..store.records import InstanceInput
 __all__ = [
     "HEADER_KEYWORDS",
     "INSTANCE_KEYWORDS",
+    "OMIT",
     "PATIENT_KEYWORDS",
     "PATIENT_KEY_KEYWORDS",
     "REQUIRED_UIDS",
     "SERIES_KEYWORDS",
     "STUDY_KEYWORDS",
+    "UID_KEYWORDS",
+    "build_instance_input",
+    "checked_uids",
     "get_simplified_json",
     "instance_input",
     "instance_metadata",
+    "instance_value",
     "json_value",
     "metadata_values",
     "parse_patient_age",
     "patient_key",
+    "record_value",
 ]
 
 logger = logging.getLogger(__name__)
@@ -258,14 +264,18 @@ def json_value(element: DataElement) -> Any:
     empty numeric value → ``None``, an empty text value → ``""``. Binary values (OB, OW,
     UN, ...) and sequences raise :class:`InvalidInputError` — callers skip them.
     """
-    if element.VR in _BINARY_VRS or element.VR == "SQ":
-        raise InvalidInputError(
-            f"element {element.keyword or element.tag} has binary VR {element.VR}"
-        )
-    value = _convert(element.value)
-    if value is _SKIP:
-        raise InvalidInputError(f"element {element.keyword or element.tag} holds undecoded bytes")
-    return value
+    return instance_value(element.VR, element.value, element.keyword or str(element.tag))
+
+
+def instance_value(vr: str, value: Any, name: str) -> Any:
+    """:func:`json_value` of element ``name`` of ``vr`` whose decoded value is ``value``
+    (pydicom's, or the same from :mod:`.raw_values`)."""
+    if vr in _BINARY_VRS or vr == "SQ":
+        raise InvalidInputError(f"element {name} has binary VR {vr}")
+    converted = _convert(value)
+    if converted is _SKIP:
+        raise InvalidInputError(f"element {name} holds undecoded bytes")
+    return converted
 
 
 @functools.cache
@@ -353,13 +363,35 @@ def instance_input(
     StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID or SOPClassUID (also taken from
     the file meta's MediaStorageSOPClassUID) is absent or not a UID.
     """
+    meta = getattr(ds, "file_meta", None)
+    uids = checked_uids(
+        {keyword: _text(ds, keyword) for keyword in UID_KEYWORDS},
+        lambda: str(meta.get("MediaStorageSOPClassUID") or "").strip() if meta is not None else "",
+    )
+    return build_instance_input(
+        uids,
+        metadata_values(ds),
+        instance_metadata(ds),
+        transfer_syntax_uid or transfer_syntax_of(ds) or str(ExplicitVRLittleEndian),
+        peer_id=peer_id,
+        session_id=session_id,
+    )
+
+
+#: The UIDs :func:`instance_input` files an instance by.
+UID_KEYWORDS: Final = (*REQUIRED_UIDS, "SOPClassUID")
+
+
+def checked_uids(values: dict[str, str], media_sop_class: Callable[[], str]) -> dict[str, str]:
+    """The stripped texts of :data:`UID_KEYWORDS` (``values``; SOPClassUID falls back
+    to ``media_sop_class()``, the file meta's); :class:`DicomInputError` naming each one
+    missing or not a UID."""
     problems: list[str] = []
     uids: dict[str, str] = {}
-    meta = getattr(ds, "file_meta", None)
-    for keyword in (*REQUIRED_UIDS, "SOPClassUID"):
-        value = _text(ds, keyword)
-        if not value and keyword == "SOPClassUID" and meta is not None:
-            value = str(meta.get("MediaStorageSOPClassUID") or "").strip()
+    for keyword in UID_KEYWORDS:
+        value = values[keyword]
+        if not value and keyword == "SOPClassUID":
+            value = media_sop_class()
         if not value:
             problems.append(f"{keyword} is missing")
         elif not is_uid(value):
@@ -369,9 +401,22 @@ def instance_input(
         uids[keyword] = value
     if problems:
         raise DicomInputError("; ".join(problems))
-    header = {**metadata_values(ds), **uids}
-    patient_meta = _pick(header, PATIENT_KEYWORDS)
-    study_meta = _pick(header, STUDY_KEYWORDS)
+    return uids
+
+
+def build_instance_input(
+    uids: dict[str, str],
+    header_values: dict[str, Any],
+    instance_meta: dict[str, Any],
+    transfer_syntax_uid: str,
+    *,
+    peer_id: str | None,
+    session_id: str | None,
+) -> InstanceInput:
+    """The :class:`InstanceInput` of an instance whose checked UIDs, record ``Metadata``
+    values (:func:`metadata_values`) and instance ``Metadata``
+    (:func:`instance_metadata`) are given."""
+    header = {**header_values, **uids}
     series_meta = _pick(header, SERIES_KEYWORDS)
     modality = series_meta.get("Modality")
     return InstanceInput(
@@ -380,13 +425,11 @@ def instance_input(
         series_instance_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
-        transfer_syntax_uid=transfer_syntax_uid
-        or transfer_syntax_of(ds)
-        or str(ExplicitVRLittleEndian),
-        patient_meta=patient_meta,
-        study_meta=study_meta,
+        transfer_syntax_uid=transfer_syntax_uid,
+        patient_meta=_pick(header, PATIENT_KEYWORDS),
+        study_meta=_pick(header, STUDY_KEYWORDS),
         series_meta=series_meta,
-        instance_meta=instance_metadata(ds),
+        instance_meta=instance_meta,
         modality=str(modality) if isinstance(modality, str) and modality else None,
         peer_id=peer_id,
         session_id=session_id,
@@ -466,7 +509,8 @@ def _simplify(dataset: Dataset, sequences: bool, depth: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------- record Metadata
-_OMIT: Final = object()
+#: What :func:`record_value` returns for an element the record leaves out.
+OMIT: Final = object()
 
 
 def _metadata_item(value: Any, vr: str) -> Any:
@@ -476,32 +520,39 @@ def _metadata_item(value: Any, vr: str) -> Any:
 
 
 def _metadata_value(dataset: Dataset, tag: Any) -> Any:
-    """The record ``Metadata`` value of one top-level element, or ``_OMIT``."""
+    """The record ``Metadata`` value of one top-level element, or ``OMIT``."""
     try:
         elem = dataset[tag]
         value = elem.value
     except Exception:  # a value pydicom cannot parse: kept as its raw text
-        return _raw_text(dataset, tag) or _OMIT
+        return _raw_text(dataset, tag) or OMIT
     keyword = elem.keyword
     if not keyword or elem.VR == "SQ" or elem.VR in _BINARY_VRS:
-        return _OMIT
+        return OMIT
+    return record_value(keyword, elem.VR, value)
+
+
+def record_value(keyword: str, vr: str, value: Any) -> Any:
+    """The record ``Metadata`` value of element ``keyword`` (of ``vr``, not a sequence
+    nor binary) whose decoded value is ``value`` (pydicom's, or the same from
+    :mod:`.raw_values`), or ``OMIT``: the rules of :func:`metadata_values`."""
     if isinstance(value, (bytes, bytearray)):
-        return _OMIT
+        return OMIT
     if keyword == "PatientName":  # always text, "" when empty (as the platform stores it)
         if isinstance(value, (MultiValue, list, tuple)):
             return "\\".join(str(v) for v in value)
         return "" if value is None else str(value)
     if value is None or value == "":
-        return _OMIT
+        return OMIT
     if isinstance(value, (MultiValue, list, tuple)):
         if not value:
-            return _OMIT
-        return [_metadata_item(v, elem.VR) for v in value]
+            return OMIT
+        return [_metadata_item(v, vr) for v in value]
     if keyword == "PatientAge":
         age = parse_patient_age(value)
         return str(value) if age is None else age
-    item = _metadata_item(value, elem.VR)
-    return _OMIT if item is None else item
+    item = _metadata_item(value, vr)
+    return OMIT if item is None else item
 
 
 def metadata_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> dict[str, Any]:
@@ -532,7 +583,7 @@ def metadata_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> 
         tags = [t for t in (Tag(k) for k in keywords if tag_for_keyword(k)) if t in present]
     for tag in tags:
         value = _metadata_value(dataset, tag)
-        if value is not _OMIT:
+        if value is not OMIT:
             out[pydicom.datadict.keyword_for_tag(tag)] = value
     return out
 

@@ -23,7 +23,7 @@ from .._errors import DicomInputError
 from ..dicom_values import transfer_syntax_of
 from ..sources.file_meta import UNDEFINED_LENGTH, element_header
 
-__all__ = ["check_structure"]
+__all__ = ["check_structure", "check_walk"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +130,38 @@ def check_structure(fh: BinaryIO, size: int, ds: Dataset, start: int) -> None:
     (``size`` bytes; its File Meta Information, if any, starts at ``start``; ``ds`` is
     its header) is cut short: an element runs past its end, or the header describes an
     image (Rows, Columns) but the pixel data is missing."""
-    walker = _StructureWalker(fh, size)
     implicit, little = ds.original_encoding
+    check_walk(
+        fh,
+        size,
+        start,
+        implicit=implicit,
+        little=little,
+        deflated=transfer_syntax_of(ds) == DeflatedExplicitVRLittleEndian,
+        image="Rows" in ds and "Columns" in ds,
+    )
+
+
+def check_walk(
+    fh: BinaryIO,
+    size: int,
+    start: int,
+    *,
+    implicit: bool | None,
+    little: bool | None,
+    deflated: bool,
+    image: bool,
+) -> None:
+    """:func:`check_structure` of a file whose body is encoded ``implicit`` VR,
+    ``little`` endian (``None``: not known), ``deflated`` or not, and whose header
+    describes an ``image`` (has Rows and Columns)."""
+    walker = _StructureWalker(fh, size)
     try:
         body = walker.meta(start)
     except _Unverifiable as exc:
         logger.debug("structure of %s not verified: %s", getattr(fh, "name", "?"), exc)
         return
-    if transfer_syntax_of(ds) == DeflatedExplicitVRLittleEndian or implicit is None:
+    if deflated or implicit is None:
         return  # a deflated body cannot be walked without inflating it
     # Some writers encode the body in the other VR mode than their transfer syntax says
     # (pydicom reads them anyway): try the declared mode, then the other one.
@@ -156,7 +180,7 @@ def check_structure(fh: BinaryIO, size: int, ds: Dataset, start: int) -> None:
             )
     else:
         return
-    if not walker.pixel_data and "Rows" in ds and "Columns" in ds:
+    if not walker.pixel_data and image:
         # An image header without its pixel data: the file stops between two elements.
         # (A SOP class alone is no proof: header-only files exist, e.g. in test sets.)
         raise DicomInputError(

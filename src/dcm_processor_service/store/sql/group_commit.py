@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..._errors import PatientConflictError
@@ -29,7 +30,10 @@ from ..blobs import BlobInfo, BlobStore
 from ..instance_batch import BatchResult, InstanceBatch
 from ..records import InstanceInput
 
-__all__ = ["SQLInstanceBatch"]
+__all__ = ["FLUSH_THREADS", "SQLInstanceBatch"]
+
+#: Threads that flush a batch's blobs together (see :func:`_flush_together`).
+FLUSH_THREADS = 16
 
 if TYPE_CHECKING:
 
@@ -46,6 +50,20 @@ if TYPE_CHECKING:
 class BatchDiscarded(Exception):
     """Thrown into the blob writers of a batch that is left without a commit, so each
     deletes its blob."""
+
+
+def _flush_together(blobs: BlobStore, keys: Sequence[str]) -> None:
+    """:meth:`BlobStore.make_durable` of ``keys``, split over :data:`FLUSH_THREADS`
+    threads: flushes issued together are merged by the file system into few journal
+    commits, where one after another each waits for its own."""
+    n = min(FLUSH_THREADS, len(keys))
+    if n <= 1:
+        blobs.make_durable(keys)
+        return
+    with ThreadPoolExecutor(n, thread_name_prefix="dcm-flush") as pool:
+        flushes = [pool.submit(blobs.make_durable, keys[i::n]) for i in range(n)]
+    for flush in flushes:
+        flush.result()  # the first error, once every flush has ended
 
 
 class SQLInstanceBatch(InstanceBatch):
@@ -73,7 +91,7 @@ class SQLInstanceBatch(InstanceBatch):
         if not items:
             return []
         with writers:  # an error below makes each writer delete its blob
-            self._store.blobs.make_durable([blob.key for _, blob in items])
+            _flush_together(self._store.blobs, [blob.key for _, blob in items])
             results, replaced = self._store._file_batch(items)
         # committed, and the blobs released: now the obsolete bytes can go
         for key in replaced:
