@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO, Final, cast
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from ..sources import MEDIA_STORAGE_DIRECTORY
 from ..store.records import InstanceInput
@@ -40,9 +40,11 @@ __all__ = ["fast_instance_input"]
 _CHARSET: Final = 0x00080005
 #: What pydicom's header read for the ingest holds: the header keywords, the
 #: SOPInstanceUID and (always added by pydicom) the Specific Character Set.
-WANTED: Final = frozenset(
-    {_CHARSET, *(t for k in (*HEADER_KEYWORDS, "SOPInstanceUID") if (t := tag_for_keyword(k)))}
-)
+_HEADER_TAGS: Final = {
+    _CHARSET,
+    *(t for k in (*HEADER_KEYWORDS, "SOPInstanceUID") if (t := tag_for_keyword(k))),
+}
+WANTED: Final = {tag: dictionary_VR(tag) for tag in sorted(_HEADER_TAGS)}
 _KEYWORDS: Final = {tag: keyword_for_tag(tag) for tag in WANTED}
 
 

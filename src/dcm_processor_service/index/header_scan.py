@@ -25,9 +25,9 @@ at the end of the file, exactly where pydicom's ``stop_before_pixels`` stops.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import BinaryIO, Final, NamedTuple
 
-from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
 __all__ = ["ScannedHeader", "scan_header"]
@@ -190,7 +190,7 @@ def _body_encoding(ts: str) -> bool:
     return False
 
 
-def _scan(fh: BinaryIO, size: int, wanted: frozenset[int]) -> ScannedHeader:
+def _scan(fh: BinaryIO, size: int, wanted: Mapping[int, str]) -> ScannedHeader:
     reader = _Reader(fh, size)
     ts, media_class, pos = _meta(reader)
     from pydicom.uid import PrivateTransferSyntaxes
@@ -221,8 +221,8 @@ def _scan(fh: BinaryIO, size: int, wanted: frozenset[int]) -> ScannedHeader:
         pos = start + length
         if pos > size:
             raise _Unusual(f"element {tag:08X} runs past the end of the file")
-        if tag in wanted:
-            known = dictionary_VR(tag)
+        known = wanted.get(tag)
+        if known is not None:
             if vr is not None and vr.decode() != known:
                 raise _Unusual(f"element {tag:08X} has VR {vr!r}, not {known}")
             elements[tag] = (known, reader.need(pos)[start:pos])
@@ -231,9 +231,10 @@ def _scan(fh: BinaryIO, size: int, wanted: frozenset[int]) -> ScannedHeader:
     return ScannedHeader(ts, media_class, implicit, body, elements, None, None)
 
 
-def scan_header(fh: BinaryIO, size: int, wanted: frozenset[int]) -> ScannedHeader | None:
+def scan_header(fh: BinaryIO, size: int, wanted: Mapping[int, str]) -> ScannedHeader | None:
     """Walk the header of the Part 10 file open as ``fh`` (``size`` bytes) and return the
-    raw values of the ``wanted`` top-level tags, or ``None`` when the file is not the
+    raw values of the ``wanted`` top-level tags (tag -> the dictionary's VR, which the
+    file's explicit VR must match), or ``None`` when the file is not the
     common case the walk models (see the module docs): read it with pydicom then.
 
     ``OSError`` (a read error) propagates.

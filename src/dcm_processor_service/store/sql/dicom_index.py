@@ -30,8 +30,17 @@ from .session_state import SQLSessionState
 __all__ = ["SQLDicomIndex"]
 
 
-def _upsert(tx: Tx, now: str, table: str, key_col: str, key: str, cols: dict[str, Any]) -> str:
-    """Insert or update the row of ``table`` whose ``key_col`` is ``key``; its id."""
+def _upsert(
+    tx: Tx,
+    now: str,
+    table: str,
+    key_col: str,
+    key: str,
+    cols: dict[str, Any],
+    returning: str = "id",
+) -> dict[str, Any]:
+    """Insert or update the row of ``table`` whose ``key_col`` is ``key``; its
+    ``returning`` columns."""
     names = [key_col, *cols]
     # a re-ingest without a peer/session keeps the ones already recorded
     updates = ", ".join(
@@ -44,10 +53,41 @@ def _upsert(tx: Tx, now: str, table: str, key_col: str, key: str, cols: dict[str
         f"INSERT INTO {table} (id, {', '.join(names)}, created_at, updated_at)"
         f" VALUES (?, {', '.join('?' for _ in names)}, ?, ?)"
         f" ON CONFLICT ({key_col}) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
-        " RETURNING id",
+        f" RETURNING {returning}",
         (new_id(), key, *cols.values(), now, now),
     )
-    return str(row["id"])
+    return row
+
+
+class _Filed:
+    """What one filing transaction has written so far, so that the instances of a batch
+    that share a patient, study and series cost one statement each for their parents
+    instead of four: the patient, study and series rows upserted (an upsert with the
+    same values again is skipped - the row already holds them; its ``updated_at`` stays
+    the time of the first instance of the transaction), and the (patient, study,
+    series) whose conflict check passed - once filed, the series and study belong to
+    that patient in this transaction, so only the instance's own patient is checked
+    again. Forgotten whenever rows are deleted (an instance moved series)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        self.checked: set[tuple[str, str, str]] = set()
+
+    def forget(self) -> None:
+        self.rows.clear()
+        self.checked.clear()
+
+    def upsert(
+        self, tx: Tx, now: str, table: str, key_col: str, key: str, cols: dict[str, Any]
+    ) -> str:
+        """:func:`_upsert` unless this transaction upserted the same values already;
+        the row's id."""
+        done = self.rows.get((table, key))
+        if done is not None and done[0] == cols:
+            return done[1]
+        row_id = str(_upsert(tx, now, table, key_col, key, cols)["id"])
+        self.rows[(table, key)] = (cols, row_id)
+        return row_id
 
 
 class SQLDicomIndex(SQLSessionState):
@@ -75,11 +115,12 @@ class SQLDicomIndex(SQLSessionState):
         def unit(tx: Tx) -> tuple[list[BatchResult], list[str]]:
             results: list[BatchResult] = []
             replaced: list[str] = []
+            filed = _Filed()  # per attempt: a retried transaction starts over
             for inp, blob in items:
                 self._confirm_blob(tx, blob.key)
                 try:
                     # refused before anything of this instance is written
-                    record, old_key = self._file_instance(tx, inp, blob)
+                    record, old_key = self._file_instance(tx, inp, blob, filed)
                 except PatientConflictError as exc:
                     results.append(exc)
                     continue
@@ -91,14 +132,17 @@ class SQLDicomIndex(SQLSessionState):
         return self._run_durable(unit)
 
     def _file_instance(
-        self, tx: Tx, inp: InstanceInput, blob: BlobInfo
+        self, tx: Tx, inp: InstanceInput, blob: BlobInfo, filed: _Filed | None = None
     ) -> tuple[InstanceRecord, str | None]:
         """File one instance whose bytes are ``blob`` under its patient, study and series
-        in transaction ``tx``; return its record and the blob it pointed at before.
+        in transaction ``tx`` (``filed``: what this transaction filed before); return its
+        record and the blob it pointed at before.
         Raises :class:`PatientConflictError` before writing anything."""
+        filed = filed if filed is not None else _Filed()
         now = now_text()
-        self._refuse_other_patient(tx, inp)
-        patient_id = _upsert(
+        parents = (inp.patient_uid, inp.study_instance_uid, inp.series_instance_uid)
+        self._refuse_other_patient(tx, inp, instance_only=parents in filed.checked)
+        patient_id = filed.upsert(
             tx,
             now,
             "patients",
@@ -106,7 +150,7 @@ class SQLDicomIndex(SQLSessionState):
             inp.patient_uid,
             {"peer_id": inp.peer_id, "meta": dumps(inp.patient_meta)},
         )
-        study_id = _upsert(
+        study_id = filed.upsert(
             tx,
             now,
             "studies",
@@ -114,7 +158,7 @@ class SQLDicomIndex(SQLSessionState):
             inp.study_instance_uid,
             {"patient_id": patient_id, "peer_id": inp.peer_id, "meta": dumps(inp.study_meta)},
         )
-        series_id = _upsert(
+        series_id = filed.upsert(
             tx,
             now,
             "series",
@@ -132,7 +176,7 @@ class SQLDicomIndex(SQLSessionState):
             "SELECT blob_key, series_id FROM instances WHERE sop_uid = ?" + self.for_update,
             (inp.sop_instance_uid,),
         )
-        _upsert(
+        row = _upsert(
             tx,
             now,
             "instances",
@@ -149,32 +193,42 @@ class SQLDicomIndex(SQLSessionState):
                 "peer_id": inp.peer_id,
                 "session_id": inp.session_id,
             },
+            returning="*",
         )
+        filed.checked.add(parents)
         if old and old["series_id"] != series_id:
             # the instance moved to another series: drop what it left empty
             self._prune_empty(tx, [old["series_id"]])
-        row = tx.row("SELECT * FROM instances WHERE sop_uid = ?", (inp.sop_instance_uid,))
+            filed.forget()
         return instance_record(row, inp.series_instance_uid), (old["blob_key"] if old else None)
 
     @staticmethod
-    def _refuse_other_patient(tx: Tx, inp: InstanceInput) -> None:
+    def _refuse_other_patient(tx: Tx, inp: InstanceInput, *, instance_only: bool = False) -> None:
         """Raise :class:`PatientConflictError` when the instance's SOPInstanceUID, series
-        or study is already filed under another patient.
+        or study is already filed under another patient (``instance_only``: the series
+        and study are known to be filed under this patient; only the SOPInstanceUID is
+        checked).
 
         Race-free in the transaction of the filing: SQLite writers hold the database
         lock (``BEGIN IMMEDIATE``); on PostgreSQL (``REPEATABLE READ``) a concurrent
         writer that filed the same series or study first makes this transaction's
         ``INSERT ... ON CONFLICT`` fail with a serialization error, and the retry sees
         the winner here."""
-        rows = tx.query(
+        instance = (
             "SELECT 1 AS rank, p.patient_uid, p.meta FROM instances i"
             " JOIN series s ON s.id = i.series_id"
             " JOIN patients p ON p.id = s.patient_id WHERE i.sop_uid = ?"
-            " UNION ALL SELECT 2 AS rank, p.patient_uid, p.meta FROM series s"
-            " JOIN patients p ON p.id = s.patient_id WHERE s.series_uid = ?"
-            " UNION ALL SELECT 3 AS rank, p.patient_uid, p.meta FROM studies st"
-            " JOIN patients p ON p.id = st.patient_id WHERE st.study_uid = ?",
-            (inp.sop_instance_uid, inp.series_instance_uid, inp.study_instance_uid),
+        )
+        rows = (
+            tx.query(instance, (inp.sop_instance_uid,))
+            if instance_only
+            else tx.query(
+                instance + " UNION ALL SELECT 2 AS rank, p.patient_uid, p.meta FROM series s"
+                " JOIN patients p ON p.id = s.patient_id WHERE s.series_uid = ?"
+                " UNION ALL SELECT 3 AS rank, p.patient_uid, p.meta FROM studies st"
+                " JOIN patients p ON p.id = st.patient_id WHERE st.study_uid = ?",
+                (inp.sop_instance_uid, inp.series_instance_uid, inp.study_instance_uid),
+            )
         )
         levels = {
             1: ("instance", inp.sop_instance_uid),
