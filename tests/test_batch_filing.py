@@ -7,14 +7,18 @@ batch, and parents whose values change within the batch - on every provider.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from dcm_processor_service import StorageError
 from dcm_processor_service.index.ingest import IngestConflict, ingest
 from dcm_processor_service.store import Store
+from dcm_processor_service.store.sqlite import SQLiteStore
 from support.dicomdata import write_ct_series
 
 
@@ -91,3 +95,38 @@ def test_parent_values_that_change_within_a_batch_end_as_the_last_instance_says(
     assert series["Metadata"]["StudyDescription"] == "NEW"
     (study,) = store.list_studies()
     assert study["Metadata"]["StudyDescription"] == "NEW"
+
+
+def test_every_blob_of_a_batch_is_flushed_once_before_its_records_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flushes of a batch are split over threads: together they cover each blob
+    exactly once, all before the transaction; one that fails discards the batch."""
+    store = SQLiteStore(str(tmp_path / "store"), "t")
+    flushed: list[str] = []
+    real = store.blobs.make_durable
+
+    def recording(keys: Sequence[str]) -> None:
+        assert not store.list_series()  # nothing of the batch is filed yet
+        flushed.extend(keys)
+        real(keys)
+
+    monkeypatch.setattr(store.blobs, "make_durable", recording)
+    paths = write_ct_series(tmp_path / "ct", 40, 8, 8)
+    report = ingest(paths, store=store, batch_size=40)
+    assert report.n_stored == 40
+    assert sorted(flushed) == sorted(
+        store.get_instance(s.instance_id)["BlobKey"] for s in report.stored
+    )
+
+    def failing(keys: Sequence[str]) -> None:
+        raise StorageError("cannot flush files in blob folder: disk gone")
+
+    monkeypatch.setattr(store.blobs, "make_durable", failing)
+    more = write_ct_series(tmp_path / "ct2", 20, 8, 8, patient_id="SYN-2")
+    with pytest.raises(StorageError, match="disk gone"):
+        ingest(more, store=store, batch_size=20)
+    assert len(store.list_series()) == 1  # nothing of the failed batch is filed
+    blob_files = [p for p in (tmp_path / "store.blobs").rglob("*") if p.is_file()]
+    assert len(blob_files) == 40  # and its bytes are gone
+    store.close()

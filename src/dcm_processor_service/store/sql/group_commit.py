@@ -57,7 +57,7 @@ def _flush_together(blobs: BlobStore, keys: Sequence[str]) -> None:
     threads: flushes issued together are merged by the file system into few journal
     commits, where one after another each waits for its own."""
     n = min(FLUSH_THREADS, len(keys))
-    if n <= 1:
+    if n <= 1 or type(blobs).make_durable is BlobStore.make_durable:  # nothing to flush
         blobs.make_durable(keys)
         return
     with ThreadPoolExecutor(n, thread_name_prefix="dcm-flush") as pool:
