@@ -349,3 +349,37 @@ def test_a_header_beyond_the_first_read_is_read_fast(tmp_path: Path) -> None:
     fast = fast_path(path)
     assert fast is not None
     assert_same(path, fast, pydicom_path(path))
+
+
+def test_deeply_nested_sequences_are_left_to_pydicom(tmp_path: Path) -> None:
+    """A hostile nesting of undefined-length sequences does not overflow the walk: past
+    MAX_NESTING levels the file goes to the pydicom path."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dcm_processor_service.index.header_scan import MAX_NESTING
+
+    [path] = write_ct_series(tmp_path / "ct", 1, 8, 8)
+    ds = dcmread(path)
+
+    def nested(depth: int) -> Dataset:
+        item = Dataset()
+        item.is_undefined_length_sequence_item = True
+        if depth:
+            item.add_new(0x00091010, "LO", "creator")
+            item.add_new(0x00091011, "SQ", Sequence([nested(depth - 1)]))
+            item[0x00091011].is_undefined_length = True
+        return item
+
+    for depth, handled in ((MAX_NESTING - 2, True), (MAX_NESTING + 5, False)):
+        copy = ds.copy()
+        copy.add_new(0x00091010, "LO", "creator")
+        copy.add_new(0x00091011, "SQ", Sequence([nested(depth)]))
+        copy[0x00091011].is_undefined_length = True
+        buffer = io.BytesIO()
+        dcmwrite(buffer, copy, enforce_file_format=True)
+        path.write_bytes(buffer.getvalue())
+        fast = fast_path(path)
+        assert (fast is not None) is handled, depth
+        if handled:
+            assert_same(path, fast, pydicom_path(path))

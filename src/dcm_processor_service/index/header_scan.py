@@ -119,8 +119,15 @@ def _element(reader: _Reader, pos: int, implicit: bool) -> tuple[int, bytes | No
     return group << 16 | elem, vr, length, pos + 8
 
 
-def _skip_sequence(reader: _Reader, pos: int, implicit: bool) -> int:
+#: Sequences nested deeper than this are left to pydicom (a hostile file could nest them
+#: until the walk's recursion overflows).
+MAX_NESTING: Final = 64
+
+
+def _skip_sequence(reader: _Reader, pos: int, implicit: bool, depth: int = 1) -> int:
     """Where the undefined-length sequence whose items start at ``pos`` ends."""
+    if depth > MAX_NESTING:
+        raise _Unusual(f"sequences nested deeper than {MAX_NESTING} at byte {pos}")
     while True:
         tag, _vr, length, start = _element(reader, pos, True)
         if tag == _SEQ_END:
@@ -142,7 +149,7 @@ def _skip_sequence(reader: _Reader, pos: int, implicit: bool) -> int:
             if length == _UNDEFINED:
                 if not implicit and vr not in (b"SQ", b"UN"):
                     raise _Unusual(f"undefined length with VR {vr!r} at byte {pos}")
-                pos = _skip_sequence(reader, start, implicit or vr == b"UN")
+                pos = _skip_sequence(reader, start, implicit or vr == b"UN", depth + 1)
             else:
                 pos = start + length
                 reader.need(pos)
