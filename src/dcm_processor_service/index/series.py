@@ -25,13 +25,10 @@ job's store from the runtime context unless ``store=`` is given.
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import os
 import re
 import warnings
-from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import overload
@@ -44,6 +41,7 @@ from .._context import current_context
 from .._errors import InvalidInputError, NotFoundError
 from .._runtime import store_for
 from ..store.base import CHUNK_SIZE, Store
+from ..store.instance_read import StoredBytes
 from ..store.records import InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
 from .order import sort_instances
 
@@ -97,13 +95,13 @@ def get_instance(instance_id: str, *, store: Store | None = None) -> InstanceRec
     return _store(store).get_instance(instance_id)
 
 
-def _read_instance(store: Store, record: InstanceRecord) -> tuple[InstanceRecord, bytes]:
-    """The stored bytes of an instance, verified; re-reads the record once when the
-    instance was replaced between listing and reading."""
+def _read_instance(store: Store, record: InstanceRecord) -> StoredBytes:
+    """The stored bytes of an instance (not verified yet: see
+    :meth:`StoredBytes.verify`); re-reads the record once when the instance was
+    replaced (or removed and filed again) between listing and reading."""
     for attempt in range(2):
         try:
-            with store.open_instance(record) as reader:
-                return record, reader.read()
+            return store.read_instance(record)
         except NotFoundError:
             if attempt:
                 raise
@@ -111,34 +109,57 @@ def _read_instance(store: Store, record: InstanceRecord) -> tuple[InstanceRecord
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-#: Instances read (and sha256-verified) ahead while the current one is decoded.
-READ_AHEAD = 2
+def _check(stored: StoredBytes) -> None:
+    """Verify ``stored`` (in the helper thread), keeping nothing of it."""
+    stored.verify()
 
 
-def _read_ahead(store: Store, records: list[InstanceRecord]) -> Iterator[bytes]:
-    """The verified bytes of each of ``records``, in order. A helper thread reads and
-    verifies the next :data:`READ_AHEAD` instances while the caller decodes this one
-    (file reads and sha256 release the GIL), so verifying costs little wall time;
-    memory holds at most ``READ_AHEAD + 1`` instances' bytes besides the caller's."""
+def _decode(stored: StoredBytes, check: Future[None] | None) -> Dataset:
+    """``stored`` as a pydicom dataset (``check``: its verification running in a helper
+    thread). Bytes that do not decode are reported as the damage they are when their
+    checksum fails too (:class:`IntegrityError` naming the instance), else as pydicom's
+    error."""
+    try:
+        dataset = dcmread(io.BytesIO(stored.data))
+    except Exception:
+        if check is not None:
+            check.result()  # raises IntegrityError for damaged bytes
+        else:
+            stored.verify()
+        raise
+    # like a dataset read from a file: it does not hold on to the bytes it was decoded
+    # from (a copy of everything it holds - the list of a series would take twice the
+    # memory, and allocating that much more costs more than decoding)
+    dataset.buffer = None
+    return dataset
+
+
+def _read_datasets(store: Store, records: list[InstanceRecord]) -> list[Dataset]:
+    """Each of ``records`` as a verified pydicom dataset, in order.
+
+    Each instance is read whole (one ``read`` of its blob file), its sha256 is checked
+    in a helper thread while this thread decodes it (``hashlib`` releases the GIL on
+    large buffers, so on two cores the check costs little wall time), and the datasets
+    are returned only once every check passed. This thread does the system calls, which
+    release the GIL often; the helper holds it only to start and finish a hash."""
     if len(records) < 2:
-        for record in records:
-            yield _read_instance(store, record)[1]
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="dcm-read-ahead") as reader:
-        pending: deque[Future[tuple[InstanceRecord, bytes]]] = deque()
-        upcoming = iter(records)
+        return [_decode(stored, None) for stored in (_read_instance(store, r) for r in records)]
+    datasets: list[Dataset] = []
+    checks: list[Future[None]] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="dcm-sha256") as hasher:
         try:
-            for record in itertools.islice(upcoming, READ_AHEAD + 1):
-                pending.append(reader.submit(_read_instance, store, record))
-            while pending:
-                _, data = pending.popleft().result()
-                following = next(upcoming, None)
-                if following is not None:
-                    pending.append(reader.submit(_read_instance, store, following))
-                yield data
+            for record in records:
+                stored = _read_instance(store, record)
+                check = None if stored.verified else hasher.submit(_check, stored)
+                datasets.append(_decode(stored, check))
+                if check is not None:
+                    checks.append(check)
+            for check in checks:
+                check.result()
         finally:
-            for future in pending:
-                future.cancel()
+            for check in checks:
+                check.cancel()
+    return datasets
 
 
 def read_header(store: Store, record: InstanceRecord, *, first_read: int = 64 * 1024) -> Dataset:
@@ -172,8 +193,9 @@ def read_header(store: Store, record: InstanceRecord, *, first_read: int = 64 * 
 def get_instance_dicom(instance_id: str, *, store: Store | None = None) -> Dataset:
     """One instance (``_id`` or SOPInstanceUID) as a pydicom dataset."""
     s = _store(store)
-    _, data = _read_instance(s, get_instance(instance_id, store=s))
-    return dcmread(io.BytesIO(data))
+    stored = _read_instance(s, get_instance(instance_id, store=s))
+    stored.verify()
+    return _decode(stored, None)
 
 
 # -------------------------------------------------------------------- series
@@ -227,8 +249,7 @@ def get_series_dicom(
     s = _store(store)
     records = list_instances(series_id, store=s)
     if dir_path is None:
-        datasets: list[Dataset] = [dcmread(io.BytesIO(data)) for data in _read_ahead(s, records)]
-        return datasets
+        return _read_datasets(s, records)
     target = Path(dir_path)
     if target.exists() and not target.is_dir():
         raise InvalidInputError(f"invalid 'dir_path' {str(target)!r} - it is a file, not a folder")

@@ -24,7 +24,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from .._errors import NotFoundError, StorageError
 from .garbage import GarbageReport
@@ -42,6 +42,9 @@ from .records import (
     SessionStatus,
     StudyRecord,
 )
+
+if TYPE_CHECKING:
+    from .instance_read import StoredBytes
 
 __all__ = ["CHUNK_SIZE", "JobRef", "Store"]
 
@@ -282,6 +285,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def open_instance(self, instance: InstanceRecord) -> BinaryIO:
         """A verifying reader of the instance's stored bytes."""
+
+    def read_instance(self, instance: InstanceRecord) -> StoredBytes:
+        """The instance's stored bytes whole, to be checked with
+        :meth:`~dcm_processor_service.store.instance_read.StoredBytes.verify` before any
+        use but decoding (SQL providers read a blob file in one system call and leave
+        the sha256 to the caller, who can overlap it with decoding). This default reads
+        through :meth:`open_instance`, which verifies as it streams."""
+        from .instance_read import StoredBytes, instance_blob
+
+        info, what = instance_blob(instance)
+        with self.open_instance(instance) as reader:
+            data = reader.read(info.size + 1)
+            while chunk := reader.read(info.size + 1):
+                data += chunk
+        return StoredBytes(data, info, what, verified=True)
 
     @abc.abstractmethod
     def get_series(self, series_id: str) -> SeriesRecord:

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from ..._errors import PatientConflictError
 from ..blobs import BlobInfo
 from ..instance_batch import BatchResult, InstanceBatch
+from ..instance_read import StoredBytes, instance_blob, read_blob
 from ..record_values import patient_identity
 from ..records import InstanceInput, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
 from ..slice_order import sort_instances
@@ -274,11 +275,13 @@ class SQLDicomIndex(SQLSessionState):
         return sort_instances([instance_record(r, series["series_uid"]) for r in rows])
 
     def open_instance(self, instance: InstanceRecord) -> BinaryIO:
-        return self._open_current(
-            "instances",
-            instance["_id"],
-            BlobInfo(instance["BlobKey"], int(instance["Size"]), instance["SHA256"]),
-            f"DICOM instance {instance['SOPInstanceUID']}",
+        info, what = instance_blob(instance)
+        return self._open_current("instances", instance["_id"], info, what)
+
+    def read_instance(self, instance: InstanceRecord) -> StoredBytes:
+        info, what = instance_blob(instance)
+        return self._current_blob(
+            "instances", instance["_id"], info, what, lambda b: read_blob(self.blobs, b, what)
         )
 
     # --------------------------------------------------------------- records

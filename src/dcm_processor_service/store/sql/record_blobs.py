@@ -70,18 +70,28 @@ class SQLRecordBlobs(SQLCore):
 
     # ------------------------------------------------------------------- read
     def _open_current(self, table: str, record_id: str, info: BlobInfo, what: str) -> BinaryIO:
-        """Open the blob ``info`` of record ``record_id`` of ``table``.
+        """Open the blob ``info`` of record ``record_id`` of ``table`` (see
+        :meth:`_current_blob`)."""
+        return self._current_blob(
+            table, record_id, info, what, lambda current: self.blobs.open(current, what)
+        )
+
+    def _current_blob(
+        self, table: str, record_id: str, info: BlobInfo, what: str, use: Callable[[BlobInfo], T]
+    ) -> T:
+        """``use(info)`` - open or read the blob ``info`` of record ``record_id`` of
+        ``table`` - on the current version of the record.
 
         A writer that replaces the record switches it to a new blob, commits, then
         deletes the old blob; a reader that read the record just before may find the old
         blob gone. Then the record is read again: it points at a newer, complete version
-        (committed before the old one was deleted), which is opened instead - a reader
+        (committed before the old one was deleted), which is used instead - a reader
         gets the version it asked for or a newer one, never an error. A blob still
         referenced and missing is damage (:class:`NotFoundError`), as is a record removed
         meanwhile."""
         for _ in range(self.max_attempts):
             try:
-                return self.blobs.open(info, what)
+                return use(info)
             except NotFoundError:
                 row = self._run(
                     lambda tx: tx.one(
