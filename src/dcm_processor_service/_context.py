@@ -50,11 +50,13 @@ _ENV_TABLE: Final[dict[str, str]] = {
 }
 
 
-#: Every spelling of every context variable (other DCM-PROCESSOR-SERVICE-* settings, such
-#: as the calling AE title, are not part of a job's context and pass through).
-_CONTEXT_VARIABLES: Final = frozenset(
+#: Every spelling of every context variable, in a fixed order (other
+#: DCM-PROCESSOR-SERVICE-* settings, such as the calling AE title, are not part of a
+#: job's context and pass through).
+_SPELLINGS: Final = tuple(
     name for var in _ENV_TABLE.values() for name in (var, var.replace("-", "_"))
 )
+_CONTEXT_VARIABLES: Final = frozenset(_SPELLINGS)
 
 
 def env_variable_name(field: str) -> str:
@@ -132,9 +134,55 @@ class RuntimeContext:
         }
 
 
+#: (the raw values of :data:`_SPELLINGS` in ``os.environ``, the context they make): the
+#: context read last, reused while the environment holds the same values
+_last_read: tuple[tuple[object, ...], RuntimeContext] | None = None
+
+
+def _raw_values() -> tuple[object, ...]:
+    """The values of every context variable as ``os.environ`` holds them now (encoded:
+    no decoding per call). ``os.environ`` keeps them in a dict (``_data``) that every
+    change of ``os.environ`` updates; where it does not (another implementation),
+    the decoded values."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return tuple(map(data.get, _encoded_spellings()))
+    return tuple(map(os.environ.get, _SPELLINGS))
+
+
+_encoded: tuple[object, ...] = ()
+
+
+def _encoded_spellings() -> tuple[object, ...]:
+    """:data:`_SPELLINGS` as keys of ``os.environ._data`` (bytes on POSIX)."""
+    global _encoded
+    if not _encoded:
+        _encoded = tuple(os.environ.encodekey(name) for name in _SPELLINGS)
+    return _encoded
+
+
 def current_context() -> RuntimeContext:
-    """The context of the running job, read from ``os.environ`` now."""
-    return RuntimeContext.from_env()
+    """The context of the running job, as ``os.environ`` holds it now.
+
+    Read once and reused while the context variables keep their values: each call
+    compares the variables' raw values (a few dict look-ups) with those of the last
+    read, and reads the context again when any differs - so a job that changes
+    ``os.environ``, a :func:`use_context` block, a forked child, and every thread see
+    the environment's current values, as if it were read afresh."""
+    global _last_read
+    raw = _raw_values()
+    last = _last_read
+    if last is not None and last[0] == raw:
+        return last[1]
+    ctx = RuntimeContext.from_env(
+        {
+            name: os.fsdecode(value) if isinstance(value, bytes) else str(value)
+            for name, value in zip(_SPELLINGS, raw, strict=True)
+            if value is not None
+        }
+    )
+    _last_read = (raw, ctx)  # one assignment: threads see the old pair or the new one
+    return ctx
 
 
 def context_environ(ctx: RuntimeContext, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -62,6 +63,7 @@ from .._errors import (
 from .._safe_text import mask_secrets, register_secret
 from .blobs import DirectoryBlobStore
 from .garbage import GarbageReport
+from .pg_pins import ThreadPins
 from .postgresql_blobs import BLOB_SCHEMA, PostgresBlobStore
 from .sql import SCHEMA_VERSION, SQLStore, Tx
 from .sql.record_blobs import BLOB_TABLES
@@ -78,6 +80,8 @@ MIGRATION_LOCK_ID = 0x64636D70736368
 #: exceptions (08xxx), admin/crash shutdown, server starting up, too many connections
 _TRANSIENT_STATES = ("57P01", "57P02", "57P03", "53300", "55P03")
 _OWN_OPTIONS = ("blob_dir", "pool_min", "pool_max", "pool_timeout")
+#: the status of a result with rows
+_TUPLES = pq.ExecStatus.TUPLES_OK
 _BEGIN_WRITE = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 #: ``schema_version.component`` of the blob tables
@@ -203,6 +207,21 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+class _StoreConnection(psycopg.Connection[Any]):
+    """A pooled connection that keeps the cursor its units of work run on: one cursor
+    per connection, made once, instead of one per unit of work (a new cursor costs
+    about as much Python time as a short statement's round trip)."""
+
+    tx_cursor: psycopg.Cursor[dict[str, Any]] | None = None
+
+    def shared_cursor(self) -> psycopg.Cursor[dict[str, Any]]:
+        """The connection's cursor for :class:`_PgTx` (binary results, rows as dicts)."""
+        cursor = self.tx_cursor
+        if cursor is None or cursor.closed:
+            cursor = self.tx_cursor = self.cursor(binary=True, row_factory=dict_row)
+        return cursor
+
+
 class _PgTx(Tx):
     """A transaction on one connection: ``?`` placeholders, rows as dicts, binary
     results (``bytea`` without hex encoding).
@@ -213,7 +232,10 @@ class _PgTx(Tx):
 
     def __init__(self, conn: psycopg.Connection[Any], begin: str | None = None) -> None:
         self._conn = conn
-        self._cur = conn.cursor(binary=True, row_factory=dict_row)
+        if isinstance(conn, _StoreConnection):
+            self._cur = conn.shared_cursor()
+        else:
+            self._cur = conn.cursor(binary=True, row_factory=dict_row)
         self._begin = begin
         self.begun = begin is None
 
@@ -234,7 +256,9 @@ class _PgTx(Tx):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         self._exec(sql, params)
-        return self._cur.fetchall() if self._cur.description else []
+        # the result's status, not ``description`` (which builds column objects)
+        result = self._cur.pgresult
+        return self._cur.fetchall() if result is not None and result.status == _TUPLES else []
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -255,6 +279,7 @@ class PostgreSQLStore(SQLStore):
         self.settings = parse_url(url, name)
         register_secret(self.settings.password)  # masked wherever it would be shown
         self._pool: ConnectionPool[Any] | None = None
+        self._pins: ThreadPins | None = None
         self._pool_pid = 0
         self._lock = threading.Lock()
         self._lock_pid = os.getpid()
@@ -325,6 +350,7 @@ class PostgreSQLStore(SQLStore):
             s = self.settings
             pool = ConnectionPool(
                 s.conninfo,
+                connection_class=_StoreConnection,
                 kwargs={"autocommit": True},
                 min_size=s.pool_min,
                 max_size=s.pool_max,
@@ -334,16 +360,16 @@ class PostgreSQLStore(SQLStore):
             )
             pool.open(wait=False)
             self._pool, self._pool_pid = pool, pid
+            self._pins = ThreadPins(pool, s.pool_max // 2) if s.pool_max > 1 else None
             logger.debug(
                 "%s: opened a pool of %d-%d connections", self.describe(), s.pool_min, s.pool_max
             )
             return pool
 
-    @contextlib.contextmanager
-    def _transaction(self, write: bool, single: bool = False) -> Iterator[Tx]:
-        pool = self._get_pool()
+    def _getconn(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+        """A connection from ``pool``; clear errors when there is none."""
         try:
-            conn = pool.getconn()
+            return pool.getconn()
         except PoolTimeout as exc:
             # the pool waited pool_timeout for a connection: diagnose with a direct attempt
             try:
@@ -357,6 +383,18 @@ class PostgreSQLStore(SQLStore):
             ) from exc
         except PoolClosed as exc:
             raise StorageError(f"{self.describe()} is closed") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool, single: bool = False) -> Iterator[Tx]:
+        pool = self._get_pool()
+        pins = self._pins
+        # this thread's pinned connection (see pg_pins), else one from the pool
+        conn = pins.take() if pins is not None else None
+        pinned = conn is not None
+        if conn is None:
+            conn = self._getconn(pool)
+            pinned = pins is not None and pins.keep(conn)
+        healthy = True
         try:
             # single: one statement in autocommit mode (its own transaction, one round trip)
             tx = _PgTx(conn, None if single else _BEGIN_WRITE if write else _BEGIN_READ)
@@ -372,14 +410,30 @@ class PostgreSQLStore(SQLStore):
         except psycopg.Error as exc:
             if conn.broken or _is_connection_error(exc):
                 # the server went away: the other idle connections are probably dead too
-                pool.putconn(conn)
+                healthy = False
+                self._give_back(pool, pins, conn, pinned, healthy)
                 conn = None
                 with contextlib.suppress(Exception):
                     pool.check()
             raise
         finally:
             if conn is not None:
-                pool.putconn(conn)
+                self._give_back(pool, pins, conn, pinned, healthy)
+
+    @staticmethod
+    def _give_back(
+        pool: ConnectionPool[Any],
+        pins: ThreadPins | None,
+        conn: psycopg.Connection[Any],
+        pinned: bool,
+        healthy: bool,
+    ) -> None:
+        """End a unit of work on ``conn``: a pinned connection stays with its thread
+        (unless the unit had a connection error), another goes back to the pool."""
+        if pinned and pins is not None:
+            pins.done(conn, healthy=healthy)
+        else:
+            pool.putconn(conn)
 
     def _is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
@@ -466,7 +520,10 @@ class PostgreSQLStore(SQLStore):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            pins, self._pins = self._pins, None
             self._closed = True
+        if pins is not None and self._pool_pid == os.getpid():
+            pins.close()
         if isinstance(self.blobs, PostgresBlobStore):
             self.blobs.leases.close()
         if pool is not None and self._pool_pid == os.getpid():
