@@ -6,7 +6,9 @@ so the underscore spelling (``DCM_PROCESSOR_SERVICE_SESSION_ID``) is accepted to
 both are set the hyphenated one wins.
 
 :class:`RuntimeContext` is read once into a frozen dataclass by
-:meth:`RuntimeContext.from_env`. :func:`use_context` runs code under an explicit context
+:meth:`RuntimeContext.from_env`; :func:`current_context` reuses the context it read last
+while the context variables of ``os.environ`` keep their values (every change is seen by
+the next call). :func:`use_context` runs code under an explicit context
 (the local runner and tests use it) by setting the variables for the duration of a
 ``with`` block, so code that reads ``os.environ`` directly sees the same values.
 """

@@ -30,7 +30,10 @@ session-data upsert) runs in autocommit mode instead: the statement is its own
 transaction, and it costs one round trip instead of three (``BEGIN``, it, ``COMMIT``).
 
 The pool is created lazily in each process that uses the store (a forked child opens
-its own; it never touches its parent's sockets). The schema is created/upgraded on first
+its own; it never touches its parent's sockets). A thread keeps the connection of its
+last unit of work for its next one (:mod:`.pg_pins`), and each connection keeps one
+cursor for all of them: a short statement then costs little more Python time than in a
+hand-written psycopg loop. The schema is created/upgraded on first
 use under ``pg_advisory_xact_lock``, so workers starting together do not race on DDL.
 """
 
