@@ -9,7 +9,7 @@ import pytest
 
 from dcm_processor_service import close_stores
 from dcm_processor_service.store import Store
-from support.postgres import PostgresServer, require_pg_bin
+from support.postgres import PostgresServer, require_pg_bin, sanitize_db_name
 from support.stores import PROVIDERS, make_store
 
 #: The platform cross-checks run only inside the platform's environment, where
@@ -53,6 +53,24 @@ def store(store_url: tuple[str, str, str]) -> Iterator[Store]:
 def postgres_server() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL cluster on a free loopback port for the whole test
     session (skipped without PostgreSQL binaries - a failure instead when CI=true)."""
+    server = PostgresServer(require_pg_bin()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_db(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh empty database on the session's server; yields its URL."""
+    name = postgres_server.create_database(sanitize_db_name(request.node.name))
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def restartable_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test module's own: its tests restart it."""
     server = PostgresServer(require_pg_bin()).start()
     try:
         yield server

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from pathlib import Path
 
 import pytest
 
 import dcm_processor_service as dps
 from dcm_processor_service import RuntimeContext, current_context, use_context
+from support.processes import in_forked_child
 
 SESSION = "DCM-PROCESSOR-SERVICE-SESSION-ID"
 SESSION_UNDERSCORE = "DCM_PROCESSOR_SERVICE_SESSION_ID"
@@ -101,20 +101,14 @@ def test_forked_child_sees_its_own_changes(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv(SESSION, "parent")
     assert current_context().session_id == "parent"  # cached in the parent
     out = tmp_path / "child.txt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            before = current_context().session_id
-            os.environ[SESSION] = "child"
-            out.write_text(f"{before} {current_context().session_id}")
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> int:
+        before = current_context().session_id
+        os.environ[SESSION] = "child"
+        out.write_text(f"{before} {current_context().session_id}")
+        return 0
+
+    assert in_forked_child(child) == 0
     assert out.read_text() == "parent child"
     assert current_context().session_id == "parent"  # the child's change stays there
 

@@ -9,24 +9,14 @@ import gc
 import os
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from dcm_processor_service.store import open_store
 from dcm_processor_service.store.base import JobRef
-from support.postgres import PostgresServer, require_pg_bin, sanitize_db_name
+from support.postgres import PostgresServer
+from support.processes import in_forked_child
 
 OWNER = JobRef("s", "j", "j", "stable-series")
-
-
-@pytest.fixture
-def pg_db(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = postgres_server.create_database(sanitize_db_name(request.node.name))
-    yield postgres_server.url(name)
-    postgres_server.drop_database(name)
 
 
 def backend_pid(store: Any) -> int:
@@ -105,15 +95,6 @@ def test_close_returns_pinned_connections(postgres_server: PostgresServer, pg_db
     assert sessions(postgres_server, pg_db) == 0
 
 
-@pytest.fixture(scope="module")
-def restartable_server() -> Iterator[PostgresServer]:
-    server = PostgresServer(require_pg_bin()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_pinned_connection_after_a_server_restart(restartable_server: PostgresServer) -> None:
     """The server ends every connection: the next unit of work finds its pinned one
     dead, gets a new one (retried, invisible to the caller) and pins that."""
@@ -138,27 +119,22 @@ def test_forked_child_neither_uses_nor_closes_the_parents_pin(pg_db: str) -> Non
     store.set_data(OWNER, "parent", "1")
     parent_backend = backend_pid(store)
     read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:  # child: same store object, its own pool and pins
-        code = 1
-        try:
-            os.close(read)
-            store.set_data(OWNER, "child", "2")
-            child_backend = backend_pid(store)
-            gc.collect()  # the parent's pin object is dropped here: it must not close it
-            ok = child_backend != parent_backend and store.get_data(OWNER, "parent") == "1"
-            os.write(write, str(child_backend).encode())
-            code = 0 if ok else 3
-        finally:
-            os._exit(code)
+
+    def child() -> int:  # same store object: its own pool and pins
+        os.close(read)
+        store.set_data(OWNER, "child", "2")
+        child_backend = backend_pid(store)
+        gc.collect()  # the parent's pin object is dropped here: it must not close it
+        ok = child_backend != parent_backend and store.get_data(OWNER, "parent") == "1"
+        os.write(write, str(child_backend).encode())
+        return 0 if ok else 3
+
+    code = in_forked_child(child)
     os.close(write)
-    _, status = os.waitpid(pid, 0)
     child_backend = int(os.read(read, 64) or b"0")
     os.close(read)
     try:
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert code == 0
         assert child_backend not in (0, parent_backend)
         # the parent's pinned session is still the same, alive one
         assert backend_pid(store) == parent_backend

@@ -16,7 +16,6 @@ import threading
 import time
 import tracemalloc
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,11 @@ from dcm_processor_service import (
     use_context,
 )
 from dcm_processor_service.store import InstanceInput, JobRef
-from support.postgres import PostgresServer, free_port, require_pg_bin, sanitize_db_name
+from support.postgres import PostgresServer, free_port, sanitize_db_name
 
 pytestmark = pytest.mark.postgresql
 
 SPAWN = mp.get_context("spawn")
-
-
-@pytest.fixture
-def pg_db(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh empty database on the session's server; yields its URL."""
-    name = postgres_server.create_database(sanitize_db_name(request.node.name))
-    yield postgres_server.url(name)
-    postgres_server.drop_database(name)
 
 
 def _db_of(url: str) -> str:
@@ -293,16 +284,6 @@ def test_concurrent_first_use_migration(postgres_server: PostgresServer, pg_db: 
 
 
 # ------------------------------------------------------------------ server restart
-@pytest.fixture(scope="module")
-def restartable_server() -> Iterator[PostgresServer]:
-    """A server of its own: this test restarts it."""
-    server = PostgresServer(require_pg_bin()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.slow
 def test_server_restart_mid_run(restartable_server: PostgresServer) -> None:
     server = restartable_server
