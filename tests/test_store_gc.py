@@ -74,18 +74,26 @@ class Writer:
     def __init__(self, store_url: tuple[str, str, str], tmp_path: Path, name: str) -> None:
         script = tmp_path / "writer.py"
         script.write_text(WRITER)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), name, str(SIZE)],
-            env=dps.context_environ(_ctx(store_url)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self.stderr = tmp_path / f"{name}.stderr"
+        with open(self.stderr, "wb") as errors:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), name, str(SIZE)],
+                env=dps.context_environ(_ctx(store_url)),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
 
     def expect(self, word: str) -> None:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
-        assert line == word, f"writer said {line!r}, not {word!r}"
+        if line != word:
+            ended = self.proc.poll()
+            raise AssertionError(
+                f"writer {self.proc.pid} said {line!r}, not {word!r} (exit status {ended});"
+                f" its stderr: {self.stderr.read_text(errors='replace')[-3000:]!r}"
+            )
 
     def resume(self) -> None:
         assert self.proc.stdin is not None
