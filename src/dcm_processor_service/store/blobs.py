@@ -8,7 +8,10 @@ new one is complete.
 
 :class:`DirectoryBlobStore` keeps blobs as files in a directory (the SQLite provider's
 ``<db>.blobs`` folder, or a shared directory for PostgreSQL). Writes go to
-``tmp/<uuid>.part``, are fsync-ed, renamed into place, and the folder is fsync-ed. A
+``tmp/<uuid>.part``, are fsync-ed, renamed into place, and the folder is fsync-ed; the
+disk write of a durable blob is started piece by piece while it is filled
+(:mod:`.write_back`), so the one ``fsync`` per file mostly waits for what is already
+on its way. A
 batch of blobs for one transaction (the ingest's group commit) is written with
 ``durable=False`` and flushed together by :meth:`BlobStore.make_durable` before the
 transaction commits.
@@ -51,7 +54,8 @@ from .._errors import (
 from .base import CHUNK_SIZE
 from .file_modes import private_folder
 from .garbage import GarbageReport, ReferencedKeys
-from .kernel_copy import KernelCopyUnsupported, copy_hashed, regular_file
+from .kernel_copy import KERNEL_COPY_CHUNK, KernelCopyUnsupported, copy_hashed, regular_file
+from .write_back import start_write_back
 
 __all__ = [
     "COPY_BUFFER",
@@ -383,15 +387,23 @@ class DirectoryBlobStore(BlobStore):
         fd, key, part = self._create_locked()
         final: Path | None = None
         try:
+            write_back = self.fsync and durable
             with open(fd, "wb", closefd=False) as out:
+                written = started = 0  # bytes written; bytes whose disk write was started
 
                 def write(view: memoryview) -> None:
+                    nonlocal written, started
                     try:
                         out.write(view)
+                        written += len(view)
+                        if write_back and written - started >= KERNEL_COPY_CHUNK:
+                            out.flush()
+                            start_write_back(fd, started, written - started)
+                            started = written
                     except OSError as exc:
                         raise self._error(exc, "write a file") from exc
 
-                size, sha = self._fill(source, fd, write)
+                size, sha = self._fill(source, fd, write, write_back=write_back)
                 try:
                     out.flush()
                     if self.fsync and durable:
@@ -436,16 +448,18 @@ class DirectoryBlobStore(BlobStore):
         except OSError as exc:
             raise self._error(exc, "flush files") from exc
 
-    def _fill(self, source: BinaryIO, fd: int, write: Any) -> tuple[int, str]:
+    def _fill(self, source: BinaryIO, fd: int, write: Any, *, write_back: bool) -> tuple[int, str]:
         """Copy ``source`` into the new blob file ``fd``; (size, sha256) of the bytes
         stored. A regular file is copied by the kernel and the copy hashed (see
         :mod:`.kernel_copy`); other streams go through :func:`copy_stream`, whose
-        errors of the source pass through as they are (not the store's)."""
+        errors of the source pass through as they are (not the store's). ``write_back``:
+        the file will be fsync-ed, so its disk write is started piece by piece while it
+        is filled (:mod:`.write_back`)."""
         source_fd = regular_file(source)
         if source_fd is not None:
             start = source.tell()
             try:
-                size, sha = copy_hashed(source_fd, start, fd, 0, hash_fd=fd)
+                size, sha = copy_hashed(source_fd, start, fd, 0, hash_fd=fd, write_back=write_back)
             except KernelCopyUnsupported:
                 pass
             except OSError as exc:

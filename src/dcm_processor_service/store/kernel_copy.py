@@ -7,6 +7,10 @@ computes the sha256 in a helper thread while the kernel copies the next chunk (h
 and ``copy_file_range`` both release the GIL), so a copy takes about the longer of
 ``cp``'s time and the time to hash the bytes once.
 
+An upload into the blob folder also starts the disk write of each piece once it is
+hashed (``write_back``, see :mod:`.write_back`), so the disk writes while the next
+piece is copied and the final ``fsync`` has little left to do.
+
 Which bytes are hashed is the caller's choice (``hash_fd``): an upload hashes the
 *destination* (the bytes as stored, even if the source changes meanwhile), a download
 hashes the *source* blob (what is verified against the recorded sha256). Both are
@@ -27,6 +31,8 @@ import os
 import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+from .write_back import start_write_back
 
 __all__ = ["KERNEL_COPY_CHUNK", "KernelCopyUnsupported", "copy_hashed", "regular_file"]
 
@@ -69,6 +75,12 @@ def _hash_range(digest: Any, fd: int, offset: int, size: int) -> None:
         digest.update(view[offset - start :])
 
 
+def _hash_and_write_back(digest: Any, fd: int, offset: int, size: int) -> None:
+    """:func:`_hash_range`, then start writing the range (of the destination) to disk."""
+    _hash_range(digest, fd, offset, size)
+    start_write_back(fd, offset, size)
+
+
 def copy_hashed(
     src_fd: int,
     src_offset: int,
@@ -78,16 +90,22 @@ def copy_hashed(
     hash_fd: int,
     limit: int | None = None,
     chunk: int = KERNEL_COPY_CHUNK,
+    write_back: bool = False,
 ) -> tuple[int, str]:
     """Copy ``src_fd`` from ``src_offset`` to its end into ``dst_fd`` at ``dst_offset``
     with ``copy_file_range``; return (bytes copied, sha256 hex of them as read from
     ``hash_fd``, which is ``src_fd`` or ``dst_fd``). ``limit``: copy at most this many
     bytes (a reader that expects N bytes asks for N + 1 to see that there are more).
+    ``write_back`` (``hash_fd`` is ``dst_fd``): start the disk write of each piece as
+    soon as it is hashed, for a copy that will be fsync-ed.
 
     Raises :class:`KernelCopyUnsupported` when the very first call is refused (nothing
     was copied); any later error is an ``OSError`` of the copy.
     """
     hash_base = src_offset if hash_fd == src_fd else dst_offset
+    if write_back and hash_fd != dst_fd:
+        raise ValueError("write_back needs hash_fd to be the destination")
+    hash_piece = _hash_and_write_back if write_back else _hash_range
     digest = hashlib.sha256()
     hasher: ThreadPoolExecutor | None = None
     pending: Future[None] | None = None
@@ -112,7 +130,7 @@ def copy_hashed(
                 break
             if hasher is None:
                 hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-            pending = hasher.submit(_hash_range, digest, hash_fd, hash_base + total, n)
+            pending = hasher.submit(hash_piece, digest, hash_fd, hash_base + total, n)
             total += n
     finally:
         if pending is not None:  # only on an error: the error of the copy is the one raised
