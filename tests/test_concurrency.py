@@ -198,3 +198,95 @@ def test_download_racing_replaces_gets_a_whole_version(store_url: tuple[str, str
     assert [p.exitcode for p in writers + readers] == [0] * (REPLACERS + READERS)
     assert errors.empty()
     assert failures == [], f"{len(failures)} of {READERS * DOWNLOADS} downloads failed"
+
+
+FILE_UPLOADER = textwrap.dedent(
+    """
+    import sys, time
+    import dcm_processor_service as dps
+    from dcm_processor_service.store import kernel_copy
+
+    real = kernel_copy.start_write_back
+    pieces = []
+
+    def announce(fd, offset, length):
+        '''The real write-back of each piece; after the second, pause to be killed.'''
+        real(fd, offset, length)
+        pieces.append(length)
+        if len(pieces) == 2:
+            print("HALF", flush=True)
+            time.sleep(60)  # killed here
+
+    kernel_copy.start_write_back = announce
+    dps.upload_session_file(sys.argv[1], "big.bin")
+    print("DONE", flush=True)
+    """
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql+blob_dir"])
+def blob_folder_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[tuple[str, str, str], Path]:
+    """((provider, url, name), blob folder) of a fresh store that keeps file bytes in a
+    blob folder (the kernel-copy upload path)."""
+    from support.stores import make_store
+
+    if request.param == "sqlite":
+        store_url = make_store("sqlite", tmp_path, request)
+        return store_url, tmp_path / "store.blobs"
+    provider, url, name = make_store("postgresql", tmp_path, request)
+    return (provider, f"{url}?blob_dir={tmp_path / 'blobs'}", name), tmp_path / "blobs"
+
+
+def test_killed_kernel_copy_upload_leaves_previous_version_intact(
+    blob_folder_store: tuple[tuple[str, str, str], Path], tmp_path: Path
+) -> None:
+    """A writer killed in the middle of the kernel copy of a regular file (some pieces
+    copied, hashed and on their way to disk): readers see the previous version all
+    along and after, nothing of the partial file is visible under a blob name, and the
+    next writer's store sweeps the dead writer's ``.part`` file."""
+    store_url, blob_folder = blob_folder_store
+    ctx = _ctx(store_url)
+    previous = os.urandom(1024 * 1024 + 7)
+    with use_context(ctx):
+        dps.upload_session_file(previous, "big.bin", meta={"version": 1})
+    blobs_before = sorted(p.name for p in blob_folder.glob("??/*"))
+    source = tmp_path / "volume.bin"
+    source.write_bytes(os.urandom(40 * 1024 * 1024))  # five 8 MiB pieces
+    script = tmp_path / "file_uploader.py"
+    script.write_text(FILE_UPLOADER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(source)],
+        env=dps.context_environ(ctx),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "HALF", f"uploader did not reach the middle of the copy: {line!r}"
+        parts = list((blob_folder / "tmp").glob("*.part"))
+        assert len(parts) == 1 and parts[0].stat().st_size >= 16 * 1024 * 1024
+        with use_context(ctx):
+            assert dps.get_session_file("big.bin")["size"] == len(previous)  # type: ignore[index]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in blob_folder.glob("??/*")) == blobs_before
+    dps.close_stores()  # the next writer is a new store object: it sweeps on its first write
+    with use_context(ctx):
+        info = dps.get_session_file("big.bin")
+        assert info is not None and info["size"] == len(previous) and info["meta"] == {"version": 1}
+        data = dps.download_session_file("big.bin")
+        assert data is not None and data.read() == previous
+        dps.upload_session_file(str(source), "big.bin")
+        assert list((blob_folder / "tmp").glob("*.part")) == []
+        out = tmp_path / "out.bin"
+        dps.download_session_file("big.bin", out)
+        assert out.read_bytes() == source.read_bytes()
+    dps.close_stores()

@@ -524,3 +524,66 @@ def test_url_parsing() -> None:
     assert parse_url("postgres://u@h/main", "override").dbname == "override"
     kw = parse_url("host=h port=7 user=u dbname=d")
     assert (kw.host, kw.port, kw.user, kw.dbname) == ("h", "7", "u", "d")
+
+
+def test_a_missing_chunk_in_the_middle_fails_every_read_path(
+    postgres_server: PostgresServer, pg_db: str, tmp_path: Path
+) -> None:
+    """A chunk row lost from the middle of a blob (damaged storage): the batched,
+    prefetching reader stops at the gap, and a download to a file (the overlapped copy)
+    or to memory, and a streamed read, raise IntegrityError naming the file, leaving
+    no file behind."""
+    from dcm_processor_service import IntegrityError
+
+    ctx = RuntimeContext(
+        db_provider="postgresql",
+        db_url=pg_db,
+        db_name=_db_of(pg_db),
+        session_id="s",
+        job_id="j",
+        job_name="j",
+        job_event="stable-series",
+    )
+    content = os.urandom(7 * 1024 * 1024 + 11)  # 8 chunks of 1 MiB, 4 fetch batches
+    with use_context(ctx):
+        dps.upload_session_file(content, "volume.nii")
+        record = dps.JobSession.current().file_record("volume.nii")
+        assert record is not None
+        _sql(
+            postgres_server,
+            pg_db,
+            f"DELETE FROM blob_chunks WHERE key = '{record.blob_key}' AND seq = 5",
+        )
+        target = tmp_path / "out" / "volume.nii"
+        target.parent.mkdir()
+        with pytest.raises(IntegrityError, match="'volume.nii'.*damaged"):
+            dps.download_session_file("volume.nii", target)
+        assert list(target.parent.iterdir()) == []
+        with pytest.raises(IntegrityError, match="'volume.nii'"):
+            dps.download_session_file("volume.nii")
+        store = dps.JobSession.current().store
+        with pytest.raises(IntegrityError, match="'volume.nii'"), store.open_file(record) as reader:
+            while reader.read(300_000):
+                pass
+    dps.close_stores()
+
+
+def test_a_reader_already_read_from_copies_the_rest_verified(pg_db: str, tmp_path: Path) -> None:
+    """copy_to_file on a reader that was read from: the overlapped whole-blob copy is
+    not taken, the rest is pumped through the verifying reader and still verified."""
+    from dcm_processor_service.store.blobs import copy_to_file
+
+    store = open_store("postgresql", pg_db)
+    owner = JobRef("s", "j", "j", "stable-series")
+    content = os.urandom(3 * 1024 * 1024 + 5)
+    record = store.put_file(owner, "f", io.BytesIO(content), content_type="x")
+    try:
+        with store.open_file(record) as reader, open(tmp_path / "rest", "wb") as out:
+            head = reader.read(1000)
+            assert copy_to_file(reader, out) == len(content) - 1000
+        assert head + (tmp_path / "rest").read_bytes() == content
+        with store.open_file(record) as reader, open(tmp_path / "whole", "wb") as out:
+            assert copy_to_file(reader, out) == len(content)
+        assert (tmp_path / "whole").read_bytes() == content
+    finally:
+        store.close()

@@ -282,3 +282,31 @@ def test_corrupted_file_fails_download_to_a_file(job, tmp_path: Path) -> None:
         with pytest.raises(dps.IntegrityError, match="'f'"):
             dps.download_session_file("f", tmp_path / "f.bin")
         assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupted_large_file_fails_download_to_a_file(job, tmp_path: Path) -> None:
+    """A damaged file of several pieces (8 MiB kernel-copy pieces of a blob folder,
+    2 MiB fetch batches of PostgreSQL chunks, GridFS chunks) downloaded to a file
+    raises IntegrityError naming it - one bad byte in the middle, a shorter or a
+    longer copy - and leaves no target and no temporary file behind."""
+    from support.stores import corrupt_blob
+
+    tmp_path = tmp_path / "files"
+    tmp_path.mkdir()
+    content = os.urandom(9 * 1024 * 1024 + 5)
+    dps.upload_session_file(content, "scan.nii")
+    session = dps.JobSession.current()
+    record = session.file_record("scan.nii")
+    assert record is not None
+    middle = len(content) // 2
+    flipped = content[:middle] + bytes([content[middle] ^ 1]) + content[middle + 1 :]
+    for damaged in (flipped, content[:-1], content + b"x"):
+        corrupt_blob(session.store, record.blob_key, damaged)
+        with pytest.raises(dps.IntegrityError, match="'scan.nii'"):
+            dps.download_session_file("scan.nii", tmp_path / "scan.nii")
+        assert list(tmp_path.iterdir()) == []
+    corrupt_blob(session.store, record.blob_key, content)  # repaired: reads again
+    assert dps.download_session_file("scan.nii", tmp_path / "scan.nii") == str(
+        tmp_path / "scan.nii"
+    )
+    assert (tmp_path / "scan.nii").read_bytes() == content
