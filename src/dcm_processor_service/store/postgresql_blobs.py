@@ -19,8 +19,9 @@ NIfTI files are usually compressed already, and pglz would cost CPU for little g
 Writing: a ``blobs`` row with ``complete = false`` is inserted first, then one
 transaction per ~1 MiB chunk (committed without waiting for the WAL flush), then the
 row is switched to ``complete = true`` with its size and sha256 (a synchronous commit:
-its WAL flush makes every chunk before it durable too). Only complete blobs can be opened, and records only point at a blob
-after it is complete, so a reader never sees a partial blob.
+its WAL flush makes every chunk before it durable too). Only complete blobs can be
+opened, and records only point at a blob after it is complete, so a reader never sees
+a partial blob.
 
 Garbage: a writer that dies leaves an incomplete blob, or a complete one no record
 points at (it died before committing the record). A live writer holds a *lease* on its
@@ -35,9 +36,9 @@ the blob row (:meth:`PostgresBlobStore.confirm`), so even a writer that lost its
 
 Reading: a blob of one chunk is read with one query. A larger blob is streamed in
 batches of chunks (2 MiB per query, the next batch fetched while this one is hashed
-and written) from a ``REPEATABLE READ`` snapshot on a connection of its own, so a reader that
-is in the middle of a file keeps reading the version it opened even if a writer replaces
-the file and deletes the old blob meanwhile (the same guarantee an unlinked-but-open
+and written) from a ``REPEATABLE READ`` snapshot on a connection of its own, so a
+reader that is in the middle of a file keeps reading the version it opened even if a
+writer replaces the file and deletes the old blob meanwhile (the same guarantee an unlinked-but-open
 file gives on POSIX). Memory stays at two chunks when writing and two batches when
 reading.
 """
