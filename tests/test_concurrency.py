@@ -86,6 +86,40 @@ UPLOADER = textwrap.dedent(
 )
 
 
+def _kill_in_the_middle(
+    proc: subprocess.Popen[str],
+    ctx: RuntimeContext,
+    previous: bytes,
+    also: Any = None,
+) -> None:
+    """Wait until the uploader ``proc`` says it is in the middle of its upload, check
+    that readers still see the ``previous`` version (and run ``also()``), SIGKILL it."""
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "HALF", f"uploader did not reach the middle of the upload: {line!r}"
+        with use_context(ctx):
+            assert dps.get_session_file("big.bin")["size"] == len(previous)  # type: ignore[index]
+        if also is not None:
+            also()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _assert_previous_version(previous: bytes) -> None:
+    """``big.bin`` (in the current context) is still version 1, ``previous``, whole."""
+    info = dps.get_session_file("big.bin")
+    assert info is not None and info["size"] == len(previous) and info["meta"] == {"version": 1}
+    data = dps.download_session_file("big.bin")
+    assert data is not None
+    assert hashlib.sha256(data.read()).hexdigest() == hashlib.sha256(previous).hexdigest()
+
+
 @pytest.mark.slow
 def test_killed_upload_leaves_previous_version_intact(
     store_url: tuple[str, str, str], tmp_path: Path
@@ -103,26 +137,9 @@ def test_killed_upload_leaves_previous_version_intact(
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "HALF", f"uploader did not reach the middle of the upload: {line!r}"
-        # the reader's view in the middle of the upload: still the old version
-        with use_context(ctx):
-            assert dps.get_session_file("big.bin")["size"] == len(previous)  # type: ignore[index]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    _kill_in_the_middle(proc, ctx, previous)
     with use_context(ctx):
-        info = dps.get_session_file("big.bin")
-        assert info is not None and info["size"] == len(previous) and info["meta"] == {"version": 1}
-        data = dps.download_session_file("big.bin")
-        assert data is not None
-        assert hashlib.sha256(data.read()).hexdigest() == hashlib.sha256(previous).hexdigest()
+        _assert_previous_version(previous)
         # and a new upload after the crash works
         dps.upload_session_file(b"after", "big.bin")
         assert dps.download_session_file("big.bin").read() == b"after"  # type: ignore[union-attr]
@@ -262,28 +279,16 @@ def test_killed_kernel_copy_upload_leaves_previous_version_intact(
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "HALF", f"uploader did not reach the middle of the copy: {line!r}"
+
+    def partial_file_is_hidden() -> None:
         parts = list((blob_folder / "tmp").glob("*.part"))
         assert len(parts) == 1 and parts[0].stat().st_size >= 16 * 1024 * 1024
-        with use_context(ctx):
-            assert dps.get_session_file("big.bin")["size"] == len(previous)  # type: ignore[index]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+
+    _kill_in_the_middle(proc, ctx, previous, partial_file_is_hidden)
     assert sorted(p.name for p in blob_folder.glob("??/*")) == blobs_before
     dps.close_stores()  # the next writer is a new store object: it sweeps on its first write
     with use_context(ctx):
-        info = dps.get_session_file("big.bin")
-        assert info is not None and info["size"] == len(previous) and info["meta"] == {"version": 1}
-        data = dps.download_session_file("big.bin")
-        assert data is not None and data.read() == previous
+        _assert_previous_version(previous)
         dps.upload_session_file(str(source), "big.bin")
         assert list((blob_folder / "tmp").glob("*.part")) == []
         out = tmp_path / "out.bin"

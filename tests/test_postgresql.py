@@ -534,16 +534,9 @@ def test_a_missing_chunk_in_the_middle_fails_every_read_path(
     or to memory, and a streamed read, raise IntegrityError naming the file, leaving
     no file behind."""
     from dcm_processor_service import IntegrityError
+    from support.stores import job_context
 
-    ctx = RuntimeContext(
-        db_provider="postgresql",
-        db_url=pg_db,
-        db_name=_db_of(pg_db),
-        session_id="s",
-        job_id="j",
-        job_name="j",
-        job_event="stable-series",
-    )
+    ctx = job_context(("postgresql", pg_db, _db_of(pg_db)), "s", "j")
     content = os.urandom(7 * 1024 * 1024 + 11)  # 8 chunks of 1 MiB, 4 fetch batches
     with use_context(ctx):
         dps.upload_session_file(content, "volume.nii")
