@@ -580,3 +580,25 @@ def test_a_reader_already_read_from_copies_the_rest_verified(pg_db: str, tmp_pat
         assert (tmp_path / "whole").read_bytes() == content
     finally:
         store.close()
+
+
+def test_relaxed_chunk_commits_never_leak_into_the_record_commit(
+    postgres_server: PostgresServer, pg_db: str
+) -> None:
+    """Chunk transactions skip the WAL-flush wait with ``SET LOCAL`` only: on a database
+    whose ``synchronous_commit`` is on, the pooled connection that sent the chunks
+    commits the blob and the record durably afterwards (a session-wide ``SET`` would
+    leave it off for every later commit on that connection)."""
+    db = _db_of(pg_db)
+    _sql(postgres_server, pg_db, f'ALTER DATABASE "{db}" SET synchronous_commit = on')
+    store = open_store("postgresql", f"{pg_db}?pool_min=1&pool_max=1")
+    owner = JobRef("s", "j", "j", "stable-series")
+    content = os.urandom(3 * 1024 * 1024 + 1)  # four chunk transactions
+    try:
+        record = store.put_file(owner, "f", io.BytesIO(content), content_type="x")
+        settings = store._run(lambda tx: tx.one("SHOW synchronous_commit"), write=False)  # type: ignore[attr-defined]
+        assert settings == {"synchronous_commit": "on"}
+        with store.open_file(record) as reader:
+            assert reader.read() == content
+    finally:
+        store.close()
