@@ -11,10 +11,9 @@ new one is complete.
 ``tmp/<uuid>.part``, are fsync-ed, renamed into place, and the folder is fsync-ed; the
 disk write of a durable blob is started piece by piece while it is filled
 (:mod:`.write_back`), so the one ``fsync`` per file mostly waits for what is already
-on its way. A
-batch of blobs for one transaction (the ingest's group commit) is written with
-``durable=False`` and flushed together by :meth:`BlobStore.make_durable` before the
-transaction commits.
+on its way. A batch of blobs for one transaction (the ingest's group commit) is
+written with ``durable=False`` and flushed together by :meth:`BlobStore.make_durable`
+before the transaction commits.
 
 A blob that a record will reference is written with :meth:`BlobStore.writing`: the
 writer holds it (a lock, or a lease) until the record is committed, so
