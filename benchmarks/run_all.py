@@ -183,20 +183,23 @@ def session_files(
 
     with dps.use_context(job_context(provider, url, name, "bench")):
         dps.upload_session_file(b"warm-up", "warm-up")
-        for _ in range(args.rounds):
-            uploaded = timed(lambda: dps.upload_session_file(str(src), "big.bin"))
+        for r in range(args.rounds):
+            # a new name each round, as cp writes a new file: replacing the last round's
+            # upload would also time deleting the replaced 1 GiB blob
+            name = f"big-{r}.bin"
+            uploaded = timed(lambda name=name: dps.upload_session_file(str(src), name))
             up.add(uploaded, cp())
             up_durable.add(uploaded, cp(durable=True))
-            down.add(timed(lambda: dps.download_session_file("big.bin", target)), cp())
+            down.add(timed(lambda name=name: dps.download_session_file(name, target)), cp())
             if target.stat().st_size != src.stat().st_size:
                 raise SystemExit("downloaded file has the wrong size")
             target.unlink()
             os.sync()  # the next round does not pay for this one's writeback
         profiles[f"session file upload, {label}"] = profile(
-            lambda: dps.upload_session_file(str(src), "big.bin"), 10
+            lambda: dps.upload_session_file(str(src), "big-profiled.bin"), 10
         )
         profiles[f"session file download, {label}"] = profile(
-            lambda: dps.download_session_file("big.bin", target), 10
+            lambda: dps.download_session_file("big-profiled.bin", target), 10
         )
         target.unlink()
     dps.close_stores()
