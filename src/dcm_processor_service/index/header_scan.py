@@ -28,7 +28,8 @@ import struct
 from collections.abc import Mapping
 from typing import BinaryIO, Final, NamedTuple
 
-from pydicom.uid import UID
+from .._uids import syntax_encoding
+from ..sources.file_meta import LONG_VRS, UNDEFINED_LENGTH
 
 __all__ = ["ScannedHeader", "scan_header"]
 
@@ -37,16 +38,10 @@ FIRST_READ: Final = 16 * 1024
 #: A header longer than this is left to pydicom.
 MAX_HEADER: Final = 8 * 1024 * 1024
 
-_IMPLICIT_LE: Final = "1.2.840.10008.1.2"
-_EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"
-_UNDEFINED: Final = 0xFFFFFFFF
 _PIXEL_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _TS_TAG, _MEDIA_CLASS_TAG = 0x00020010, 0x00020002
-_LONG_VRS: Final = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_KNOWN_VRS: Final = _LONG_VRS | frozenset(
+_KNOWN_VRS: Final = LONG_VRS | frozenset(
     {
         b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
         b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
@@ -113,7 +108,7 @@ def _element(reader: _Reader, pos: int, implicit: bool) -> tuple[int, bytes | No
         return group << 16 | elem, None, _HHL.unpack_from(buf, pos)[2], pos + 8
     if vr not in _KNOWN_VRS:
         raise _Unusual(f"unknown VR {vr!r} at byte {pos}")
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         buf = reader.need(pos + 12)
         return group << 16 | elem, vr, _L.unpack_from(buf, pos + 8)[0], pos + 12
     return group << 16 | elem, vr, length, pos + 8
@@ -134,7 +129,7 @@ def _skip_sequence(reader: _Reader, pos: int, implicit: bool, depth: int = 1) ->
             return start
         if tag != _ITEM:
             raise _Unusual(f"expected an item at byte {pos}")
-        if length != _UNDEFINED:
+        if length != UNDEFINED_LENGTH:
             pos = start + length
             reader.need(pos)
             continue
@@ -146,7 +141,7 @@ def _skip_sequence(reader: _Reader, pos: int, implicit: bool, depth: int = 1) ->
                 break
             if tag in (_ITEM, _SEQ_END):
                 raise _Unusual(f"unexpected item tag at byte {pos}")
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 if not implicit and vr not in (b"SQ", b"UN"):
                     raise _Unusual(f"undefined length with VR {vr!r} at byte {pos}")
                 pos = _skip_sequence(reader, start, implicit or vr == b"UN", depth + 1)
@@ -172,7 +167,7 @@ def _meta(reader: _Reader) -> tuple[str, str, int]:
         if buf[pos : pos + 2] != b"\x02\x00":
             break
         tag, _vr, length, start = _element(reader, pos, False)
-        if length == _UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             raise _Unusual("undefined length in the File Meta Information")
         pos = start + length
         if tag in (_TS_TAG, _MEDIA_CLASS_TAG):
@@ -184,26 +179,20 @@ def _meta(reader: _Reader) -> tuple[str, str, int]:
 
 def _body_encoding(ts: str) -> bool:
     """Whether the body of a file in transfer syntax ``ts`` is implicit VR (little
-    endian either way); :class:`_Unusual` for a syntax pydicom reads another way."""
-    if ts == _IMPLICIT_LE:
-        return True
-    if ts == _EXPLICIT_LE:
-        return False
-    uid = UID(ts)
-    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+    endian either way); :class:`_Unusual` for a syntax pydicom reads another way (big
+    endian, deflated, private or unknown: :func:`~dcm_processor_service._uids.syntax_encoding`
+    does not know it)."""
+    encoding = syntax_encoding(ts)
+    if encoding is None or not encoding[1]:
         raise _Unusual(f"transfer syntax {ts!r}")
-    if uid.is_implicit_VR or not uid.is_compressed:
-        raise _Unusual(f"transfer syntax {ts!r}")
-    return False
+    return encoding[0]
 
 
 def _scan(fh: BinaryIO, size: int, wanted: Mapping[int, str]) -> ScannedHeader:
     reader = _Reader(fh, size)
     ts, media_class, pos = _meta(reader)
-    from pydicom.uid import PrivateTransferSyntaxes
-
-    if not ts or ts in PrivateTransferSyntaxes:
-        raise _Unusual("no or a private transfer syntax")
+    if not ts:
+        raise _Unusual("no transfer syntax")
     implicit = _body_encoding(ts)
     if pos + 6 > size:
         raise _Unusual("no dataset")
@@ -218,9 +207,9 @@ def _scan(fh: BinaryIO, size: int, wanted: Mapping[int, str]) -> ScannedHeader:
             raise _Unusual(f"unexpected tag {tag:08X} at byte {pos}")
         previous = tag
         if tag in _PIXEL_TAGS:
-            end = None if length == _UNDEFINED else start + length
+            end = None if length == UNDEFINED_LENGTH else start + length
             return ScannedHeader(ts, media_class, implicit, body, elements, tag, end)
-        if length == _UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             if tag in wanted or (vr is not None and vr not in (b"SQ", b"UN")):
                 raise _Unusual(f"undefined length of {tag:08X}")
             pos = _skip_sequence(reader, start, implicit or vr == b"UN")
