@@ -54,7 +54,7 @@ uncommitted batch's bytes are garbage the store's collection removes).
 
 Headers: a common Part 10 file's header is walked and its record tags decoded without
 pydicom's reader (:func:`~dcm_processor_service.index.fast_input.fast_instance_input`,
-the same records, ~10 times faster); any other file is read by pydicom
+the same records, ~0.4 ms a file instead of ~5 ms); any other file is read by pydicom
 (:func:`~dcm_processor_service.sources.read_header`).
 
 Memory does not grow with the number of files: files are read one at a time (header
