@@ -43,7 +43,6 @@ from .._runtime import store_for
 from ..store.base import CHUNK_SIZE, Store
 from ..store.instance_read import StoredBytes
 from ..store.records import InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
-from .order import sort_instances
 
 __all__ = [
     "get_instance",
@@ -83,10 +82,11 @@ def _check_key(value: object, what: str) -> str:
 
 # ----------------------------------------------------------------- instances
 def list_instances(series_id: str, *, store: Store | None = None) -> list[InstanceRecord]:
-    """The instance records of a series (``_id`` or SeriesInstanceUID) in slice order;
+    """The instance records of a series (``_id`` or SeriesInstanceUID) in slice order
+    (every store lists them so: :mod:`~dcm_processor_service.index.order`);
     :class:`NotFoundError` for an unknown series."""
     series_id = _check_key(series_id, "series id")
-    return sort_instances(_store(store).list_instances(series_id))
+    return _store(store).list_instances(series_id)
 
 
 def get_instance(instance_id: str, *, store: Store | None = None) -> InstanceRecord:

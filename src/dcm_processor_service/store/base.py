@@ -279,8 +279,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_instances(self, series_id: str) -> list[InstanceRecord]:
-        """The instance records of a series (by ``_id`` or SeriesInstanceUID), by
-        InstanceNumber then SOPInstanceUID (anatomical order is the index layer's)."""
+        """The instance records of a series (by ``_id`` or SeriesInstanceUID), in slice
+        order (:func:`~dcm_processor_service.store.slice_order.sort_instances`)."""
 
     @abc.abstractmethod
     def open_instance(self, instance: InstanceRecord) -> BinaryIO:
